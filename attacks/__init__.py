@@ -1,0 +1,1 @@
+"""Built-in attack plugins (installed as ``benchsuite.attacks``)."""

@@ -1,0 +1,69 @@
+"""Stage cache: every stage's output lives under ``<cache>/<stage>/<key>/`` with a DONE marker.
+
+The key hashes the stage's inputs and config; a stage directory without DONE is unfinished
+(its partial files, e.g. a pretraining checkpoint, are what a rerun resumes from). A file
+lock keeps two processes from computing the same stage at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchsuite.checkpoint import save_json
+
+
+def _canonical(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {"__type__": type(obj).__name__, **_canonical(dataclasses.asdict(obj))}
+    if isinstance(obj, dict):
+        return {str(k): _canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(obj, (list, tuple)):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return {"__array__": hashlib.sha256(np.ascontiguousarray(obj).tobytes()).hexdigest(),
+                "shape": list(obj.shape), "dtype": str(obj.dtype)}
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    return obj
+
+
+def stable_hash(*parts: Any, length: int = 16) -> str:
+    """A short hex digest of JSON-canonical ``parts`` (dataclasses, dicts, arrays, scalars)."""
+    text = json.dumps(_canonical(list(parts)), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+class StageCache:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def dir(self, stage: str, key: str) -> Path:
+        path = self.root / stage / key
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def is_done(self, stage: str, key: str) -> bool:
+        return (self.root / stage / key / "DONE").is_file()
+
+    def mark_done(self, stage: str, key: str, meta: dict[str, Any] | None = None) -> None:
+        save_json(self.dir(stage, key) / "DONE", meta or {})
+
+    @contextmanager
+    def lock(self, stage: str, key: str) -> Iterator[Path]:
+        """Hold an exclusive lock on the stage directory while computing it."""
+        path = self.dir(stage, key)
+        with open(path / ".lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield path
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,171 @@
+"""Dataset loaders: the embedded generator, .npz files, ImageFolder trees and torchvision sets."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from benchsuite.data.dataset import ImageDataset, Splits
+from benchsuite.data.synthetic import make_synthetic
+from benchsuite.errors import BenchError
+from benchsuite.hookspecs import hookimpl
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+DEFAULT_DATA_ROOT = Path.home() / ".cache" / "benchsuite" / "data"
+
+
+def limit_per_class(data: ImageDataset, limit: int | None, seed: int = 0) -> ImageDataset:
+    """Keep at most ``limit`` random images per class (all when ``limit`` is None)."""
+    if not limit:
+        return data
+    rng = np.random.default_rng(seed)
+    keep = [rng.permutation(np.flatnonzero(data.labels == c))[:limit] for c in range(data.num_classes)]
+    return data.subset(np.sort(np.concatenate(keep)))
+
+
+def _center_square(x: np.ndarray) -> np.ndarray:
+    h, w = x.shape[1:3]
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    return x[:, top:top + s, left:left + s]
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as d:
+            if "x" not in d or "y" not in d:
+                raise BenchError(f"{path} lacks arrays 'x' and 'y' (has {', '.join(d.files)}): "
+                                 "save images as x (N,H,W,3 uint8) and labels as y")
+            return d["x"], d["y"]
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+        raise BenchError(f"{path} is not a readable .npz file ({err}): re-create it with np.savez") from err
+
+
+def _npz_file(root: Path, split: str) -> Path:
+    names = {"train": ("train",), "val": ("val", "test")}[split]
+    found = [p for p in sorted(root.glob("*.npz")) if any(n in p.stem for n in names)]
+    if not found:
+        raise BenchError(f"no *{names[0]}*.npz file in {root}: put <name>_train.npz and <name>_test.npz there")
+    return found[0]
+
+
+def load_npz(path: str | None = None, limit_train_per_class: int | None = None,
+             limit_val_per_class: int | None = None, **_: object) -> Splits:
+    """A directory holding ``*train*.npz`` and ``*test*.npz`` (or ``*val*``), each with x and y.
+
+    Class names come from ``classes.txt`` beside them (one per line) when present.
+    """
+    if not path:
+        raise BenchError("the npz dataset needs a path: --data-path DIR (with *_train.npz, *_test.npz)")
+    root = Path(path)
+    if not root.is_dir():
+        raise BenchError(f"dataset path {root} does not exist: pass the folder holding the .npz files")
+    parts = {}
+    for split in ("train", "val"):
+        x, y = _read_npz(_npz_file(root, split))
+        if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != np.uint8:
+            raise BenchError(f"x in {root} must be (N,H,W,3) uint8, got {x.dtype} {x.shape}: convert it")
+        parts[split] = (_center_square(x), y.astype(np.int64))
+    num_classes = int(max(parts["train"][1].max(), parts["val"][1].max())) + 1
+    classes_file = root / "classes.txt"
+    classes = (classes_file.read_text().split("\n") if classes_file.is_file() else [])
+    classes = [c.strip() for c in classes if c.strip()] or [f"class_{i}" for i in range(num_classes)]
+    train = ImageDataset(*parts["train"], classes)
+    val = ImageDataset(*parts["val"], classes)
+    return Splits(limit_per_class(train, limit_train_per_class), limit_per_class(val, limit_val_per_class))
+
+
+def _read_image(path: Path, size: int) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            scale = size / min(img.size)
+            w, h = max(size, round(img.width * scale)), max(size, round(img.height * scale))
+            img = img.resize((w, h), Image.Resampling.BILINEAR)
+            left, top = (w - size) // 2, (h - size) // 2
+            return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as err:
+        raise BenchError(f"cannot read image {path} ({err}): delete or replace the file") from err
+
+
+def _image_folder(root: Path, size: int, classes: list[str] | None) -> ImageDataset:
+    found = sorted(d.name for d in root.iterdir() if d.is_dir())
+    classes = classes or found
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        folder = root / name
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+        images += [_read_image(p, size) for p in files]
+        labels += [label] * len(files)
+    if not images:
+        raise BenchError(f"no images found under {root}: expected {root}/<class>/<image>.png")
+    return ImageDataset(np.stack(images), np.asarray(labels), list(classes))
+
+
+def load_imagefolder(path: str | None = None, image_size: int = 64, limit_train_per_class: int | None = None,
+                     limit_val_per_class: int | None = None, **_: object) -> Splits:
+    """``path/train/<class>/*`` and ``path/val/<class>/*``, resized (shorter side) and centre-cropped."""
+    if not path:
+        raise BenchError("the imagefolder dataset needs a path: --data-path DIR (with train/ and val/)")
+    root = Path(path)
+    val_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
+    if not (root / "train").is_dir() or val_dir is None:
+        raise BenchError(f"{root} must contain train/<class>/ and val/<class>/ folders: check --data-path")
+    train = _image_folder(root / "train", image_size, None)
+    val = _image_folder(val_dir, image_size, train.classes)
+    return Splits(limit_per_class(train, limit_train_per_class), limit_per_class(val, limit_val_per_class))
+
+
+def _torchvision(name: str, path: str | None, download: bool) -> Splits:
+    from torchvision import datasets
+
+    root = Path(path) if path else DEFAULT_DATA_ROOT
+    try:
+        if name == "cifar10":
+            parts = [datasets.CIFAR10(str(root), train=t, download=download) for t in (True, False)]
+            arrays = [(p.data, np.asarray(p.targets)) for p in parts]
+            classes = parts[0].classes
+        else:
+            parts = [datasets.STL10(str(root), split=s, download=download) for s in ("train", "test")]
+            arrays = [(p.data.transpose(0, 2, 3, 1).copy(), p.labels) for p in parts]
+            classes = parts[0].classes
+    except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
+        raise BenchError(
+            f"{name} not found under {root} ({err}): add --download when online, or use "
+            f"--dataset npz --data-path DIR or --dataset imagefolder --data-path DIR"
+        ) from err
+    except OSError as err:  # no network while downloading
+        raise BenchError(
+            f"cannot download {name} ({err}): offline? use --dataset npz --data-path DIR "
+            "or --dataset imagefolder --data-path DIR instead"
+        ) from err
+    return Splits(ImageDataset(*arrays[0], list(classes)), ImageDataset(*arrays[1], list(classes)))
+
+
+def load_cifar10(path: str | None = None, download: bool = False, limit_train_per_class: int | None = None,
+                 limit_val_per_class: int | None = None, **_: object) -> Splits:
+    """torchvision CIFAR-10 under ``path`` (default ~/.cache/benchsuite/data); downloads only if asked."""
+    s = _torchvision("cifar10", path, download)
+    return Splits(limit_per_class(s.train, limit_train_per_class), limit_per_class(s.val, limit_val_per_class))
+
+
+def load_stl10(path: str | None = None, download: bool = False, limit_train_per_class: int | None = None,
+               limit_val_per_class: int | None = None, **_: object) -> Splits:
+    """torchvision STL-10 (labelled train/test, 96 px); downloads only if asked."""
+    s = _torchvision("stl10", path, download)
+    return Splits(limit_per_class(s.train, limit_train_per_class), limit_per_class(s.val, limit_val_per_class))
+
+
+def load_synthetic(train_per_class: int = 500, val_per_class: int = 100, image_size: int = 32,
+                   num_classes: int = 10, generator_seed: int = 0, **_: object) -> Splits:
+    """The embedded procedurally generated default (see benchsuite.data.synthetic)."""
+    return make_synthetic(train_per_class, val_per_class, image_size, generator_seed, num_classes)
+
+
+@hookimpl
+def benchsuite_datasets() -> dict[str, object]:
+    return {"synthetic": load_synthetic, "npz": load_npz, "imagefolder": load_imagefolder,
+            "cifar10": load_cifar10, "stl10": load_stl10}

@@ -1,0 +1,1 @@
+"""Evaluation: frozen features, probes and the papers' ACC / FP / ASR metrics."""

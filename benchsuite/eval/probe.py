@@ -1,0 +1,99 @@
+"""Probes on frozen features: a linear classifier on a small labelled split, and weighted kNN."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from benchsuite.errors import BenchError
+
+PROBE_SEEDS = (4787, 4788, 4789, 4790, 4791)  # PatchSearch's five linear-probe runs (spec 1.7)
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    kind: str = "linear"  # linear | knn
+    label_fraction: float = 0.01  # papers: 1 % of the training labels
+    seeds: tuple[int, ...] = PROBE_SEEDS
+    epochs: int = 100  # on cached features; full-batch steps for small splits
+    lr: float = 0.01
+    weight_decay: float = 1e-4
+    knn_k: int = 200  # CTRL's kNN monitor: k = 200, t = 0.1, cosine, weighted votes
+    knn_temperature: float = 0.1
+
+
+def labelled_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Indices of ``floor(fraction * n_c)`` (at least one) random images of every class c."""
+    if not 0 < fraction <= 1:
+        raise BenchError(f"label fraction {fraction} must be in (0, 1]")
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        chosen.append(rng.choice(members, size=max(1, int(fraction * len(members))), replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+class _Standardize:
+    """L2-normalise, then standardise with the labelled split's mean/std (CompRess protocol)."""
+
+    def __init__(self, feats: torch.Tensor) -> None:
+        f = F.normalize(feats, dim=1)
+        self.mean, self.std = f.mean(0), f.std(0, unbiased=False) + 1e-6
+
+    def __call__(self, feats: torch.Tensor) -> torch.Tensor:
+        return (F.normalize(feats, dim=1) - self.mean) / self.std
+
+
+def fit_linear(feats: np.ndarray, labels: np.ndarray, num_classes: int, cfg: ProbeConfig, seed: int):
+    """Train a linear classifier (Adam, full batch) and return a predict(features) function."""
+    torch.manual_seed(seed)
+    x = torch.from_numpy(feats).float()
+    y = torch.from_numpy(labels).long()
+    prep = _Standardize(x)
+    x = prep(x)
+    head = torch.nn.Linear(x.shape[1], num_classes)
+    torch.nn.init.normal_(head.weight, std=0.01)
+    torch.nn.init.zeros_(head.bias)
+    opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    for _ in range(cfg.epochs):
+        opt.zero_grad()
+        F.cross_entropy(head(x), y).backward()
+        opt.step()
+
+    @torch.inference_mode()
+    def predict(query: np.ndarray) -> np.ndarray:
+        return head(prep(torch.from_numpy(query).float())).argmax(1).numpy()
+
+    return predict
+
+
+def fit_knn(feats: np.ndarray, labels: np.ndarray, num_classes: int, cfg: ProbeConfig, seed: int):
+    """Weighted cosine kNN (Wu et al. 2018 monitor) over the labelled split."""
+    bank = F.normalize(torch.from_numpy(feats).float(), dim=1)
+    bank_labels = torch.from_numpy(labels).long()
+    k = min(cfg.knn_k, len(bank))
+
+    @torch.inference_mode()
+    def predict(query: np.ndarray) -> np.ndarray:
+        preds = []
+        for chunk in torch.from_numpy(query).float().split(2048):
+            sim, idx = (F.normalize(chunk, dim=1) @ bank.T).topk(k, dim=1)
+            votes = torch.zeros(len(chunk), num_classes)
+            votes.scatter_add_(1, bank_labels[idx], torch.exp(sim / cfg.knn_temperature))
+            preds.append(votes.argmax(1))
+        return torch.cat(preds).numpy()
+
+    return predict
+
+
+def fit_probe(feats: np.ndarray, labels: np.ndarray, num_classes: int, cfg: ProbeConfig, seed: int):
+    """Fit the configured probe on a labelled split chosen by ``seed``; returns predict()."""
+    idx = labelled_split(labels, cfg.label_fraction, seed)
+    fit = {"linear": fit_linear, "knn": fit_knn}.get(cfg.kind)
+    if fit is None:
+        raise BenchError(f"unknown probe {cfg.kind!r}: use linear or knn")
+    return fit(feats[idx], labels[idx], num_classes, cfg, seed)

@@ -1,0 +1,109 @@
+"""The grid: attacks x targets x rates x seeds, every defense on each cell, results saved as they come."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from benchsuite import __version__
+from benchsuite.api import Defense
+from benchsuite.cache import stable_hash
+from benchsuite.checkpoint import save_json
+from benchsuite.config import RunConfig
+from benchsuite.console import console
+from benchsuite.errors import BenchError
+from benchsuite.pipeline import Cell, Pipeline
+from benchsuite.registry import Registry
+from benchsuite.results import REFERENCE_DEFENSE, save_results
+
+
+def cells(config: RunConfig) -> list[Cell]:
+    g = config.grid
+    return [Cell(a, tuple(t), r, s) for a, t, r, s in itertools.product(g.attacks, g.targets, g.rates, g.seeds)]
+
+
+def run_id(config: RunConfig) -> str:
+    """Same configuration -> same run directory, so a rerun resumes into it."""
+    return f"{config.preset}-{config.dataset.name}-{stable_hash(config.to_dict(), length=8)}"
+
+
+def detection_metrics(remove: np.ndarray, poison_mask: np.ndarray) -> dict[str, float]:
+    """Total removed, recall and precision (percent) of a removal mask against the ground truth."""
+    caught = int((remove & poison_mask).sum())
+    return {"removed": int(remove.sum()),
+            "recall": 100.0 * caught / max(1, int(poison_mask.sum())),
+            "precision": 100.0 * caught / max(1, int(remove.sum()))}
+
+
+class GridRunner:
+    def __init__(self, config: RunConfig, registry: Registry, out: Path) -> None:
+        self.config = config
+        self.registry = registry
+        self.out = Path(out)
+        self.run_dir = self.out / run_id(config)
+        self.pipeline = Pipeline(config, registry, self.out / "cache")
+        self.defenses = [self.pipeline.defense(name) for name in config.grid.defenses]
+        for cell in cells(config):  # fail fast on bad names and targets, before any training
+            self.pipeline.attack(cell.attack)
+        for d in self.defenses:
+            if d.kind not in ("none", "filter"):
+                raise BenchError(f"defense {d.name} is of kind {d.kind!r}, which this version of the suite "
+                                 "cannot run yet: use defenses of kind none or filter")
+
+    def _base_row(self, cell: Cell, defense: str, encoder_key: str) -> dict[str, Any]:
+        c = self.config
+        return {"dataset": c.dataset.name, "preset": c.preset, "attack": cell.attack,
+                "targets": "+".join(map(str, cell.targets)), "rate": cell.rate, "seed": cell.seed,
+                "defense": defense, "ssl": c.ssl.method, "backbone": c.ssl.backbone, "epochs": c.train.epochs,
+                "probe": c.probe.kind, "label_fraction": c.probe.label_fraction, "encoder_key": encoder_key}
+
+    def run(self) -> pd.DataFrame:
+        """Run every cell (reusing whatever the cache holds) and return the results frame."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_json(self.run_dir / "config.json", {"version": __version__, "config": self.config.to_dict()})
+        splits = self.pipeline.splits()
+        for cell in cells(self.config):
+            for t in cell.targets:
+                splits.check_target(t)
+        rows: list[dict[str, Any]] = []
+        all_cells = cells(self.config)
+        for i, cell in enumerate(all_cells, 1):
+            console.log(f"cell {i}/{len(all_cells)}: {cell.label}")
+            rows += self.run_cell(cell)
+            save_results(self.run_dir, rows)
+        return save_results(self.run_dir, rows)
+
+    def run_cell(self, cell: Cell) -> list[dict[str, Any]]:
+        p = self.pipeline
+        poisoning, poison_key = p.poisoning(cell)
+        n_poison = int(poisoning.poison_mask.sum())
+        threat = p.encoder(poisoning.train.images, poison_key, cell.seed, label=f"pretrain {cell.label}")
+        rows = []
+        for defense in self.defenses:
+            rows += self._run_defense(defense, cell, poisoning, poison_key, threat, n_poison)
+        if self.config.grid.reference:
+            clean = p.encoder(p.splits().train.images, stable_hash("clean", p._dataset_key), cell.seed,
+                              label=f"pretrain clean s={cell.seed}")
+            for metrics in p.evaluate(clean, cell):
+                rows.append({**self._base_row(cell, REFERENCE_DEFENSE, clean.key), **metrics,
+                             "n_train": len(p.splits().train), "n_poison": 0})
+        return rows
+
+    def _run_defense(self, defense: Defense, cell: Cell, poisoning, poison_key: str, threat, n_poison: int):
+        p = self.pipeline
+        extra: dict[str, Any] = {"n_train": len(poisoning.train), "n_poison": n_poison}
+        encoder = threat
+        if defense.kind == "filter":
+            _, remove = p.detect(defense, threat, poisoning, poison_key, cell.seed)
+            extra.update(detection_metrics(remove, poisoning.poison_mask))
+            kept = np.flatnonzero(~remove)
+            kept_key = stable_hash(poison_key, "kept", remove)
+            encoder = p.encoder(poisoning.train.images[kept], kept_key, cell.seed,
+                                label=f"retrain {defense.name} {cell.label}")
+            extra["n_train"] = len(kept)
+        return [{**self._base_row(cell, defense.name, encoder.key), **metrics, **extra}
+                for metrics in p.evaluate(encoder, cell)]

@@ -1,0 +1,258 @@
+"""The stages of one grid cell, each cached under a key of its inputs and config."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchsuite.api import Attack, Defense, PatchedSet, Poisoning, config_from_options
+from benchsuite.backbones import timm_backbone
+from benchsuite.cache import StageCache, stable_hash
+from benchsuite.checkpoint import atomic_write, load_into, save_json, save_tensors
+from benchsuite.config import RunConfig
+from benchsuite.console import console
+from benchsuite.data import ImageDataset, Splits
+from benchsuite.errors import BenchError
+from benchsuite.eval.features import extract_features
+from benchsuite.eval.metrics import accuracy, attack_success_rate, confusion_matrix, false_positives
+from benchsuite.eval.probe import fit_probe
+from benchsuite.registry import Registry
+from benchsuite.ssl.base import SSLMethod
+from benchsuite.ssl.trainer import pretrain
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid cell: an attack on one or more targets at one poison rate, with one seed."""
+
+    attack: str
+    targets: tuple[int, ...]
+    rate: float
+    seed: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.attack} t={'+'.join(map(str, self.targets))} r={self.rate:g} s={self.seed}"
+
+
+@dataclass
+class Encoder:
+    """A trained backbone and the cache key that identifies it."""
+
+    key: str
+    backbone: torch.nn.Module
+
+
+@dataclass
+class DefenseContext:
+    """What a filter or model defense sees: the (poisoned) training images and the threat encoder.
+
+    The ground truth (which images are poisoned) is deliberately absent.
+    """
+
+    images: np.ndarray
+    encoder: torch.nn.Module
+    features: np.ndarray  # encoder features of ``images``
+    num_classes: int
+    seed: int
+    device: torch.device
+    workdir: Path
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchError(f"device {name} requested but CUDA is not available: use --device cpu")
+    return torch.device(name)
+
+
+def _save_arrays(path: Path, **arrays: np.ndarray) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+
+    atomic_write(path, write)
+
+
+class Pipeline:
+    """Runs and caches the stages; one instance per ``bench run``."""
+
+    def __init__(self, config: RunConfig, registry: Registry, cache_root: Path) -> None:
+        self.config = config
+        self.registry = registry
+        self.cache = StageCache(cache_root)
+        self.device = resolve_device(config.device)
+        self._splits: Splits | None = None
+        self._dataset_key = stable_hash("dataset", config.dataset)
+
+    # -- data ---------------------------------------------------------------------------------
+    def splits(self) -> Splits:
+        """The dataset, generated or loaded once and cached as arrays."""
+        if self._splits is not None:
+            return self._splits
+        key, spec = self._dataset_key, self.config.dataset
+        path = self.cache.dir("dataset", key) / "data.npz"
+        if self.cache.is_done("dataset", key):
+            with np.load(path) as d:
+                classes = json.loads(str(d["classes"]))
+                self._splits = Splits(ImageDataset(d["train_x"], d["train_y"], classes),
+                                      ImageDataset(d["val_x"], d["val_y"], classes))
+            return self._splits
+        loader = self.registry.get("dataset", spec.name)
+        options = dict(spec.options)
+        if spec.path:
+            options["path"] = spec.path
+        with console.status(f"loading dataset {spec.name}"):
+            splits = loader(**options)
+        with self.cache.lock("dataset", key):
+            _save_arrays(path, train_x=splits.train.images, train_y=splits.train.labels,
+                         val_x=splits.val.images, val_y=splits.val.labels,
+                         classes=np.array(json.dumps(splits.classes)))
+            self.cache.mark_done("dataset", key, {"spec": spec, "train": len(splits.train), "val": len(splits.val)})
+        self._splits = splits
+        return splits
+
+    # -- attack -------------------------------------------------------------------------------
+    def attack(self, name: str) -> Attack:
+        cls = self.registry.get("attack", name)
+        return cls(config_from_options(cls.Config, self.config.attack.get(name, {}), f"attack {name}"))
+
+    def poisoning(self, cell: Cell) -> tuple[Poisoning, str]:
+        """The poisoned training set of a cell (cached)."""
+        splits = self.splits()
+        for t in cell.targets:
+            splits.check_target(t)
+        attack = self.attack(cell.attack)
+        key = stable_hash("poison", self._dataset_key, cell.attack, attack.config, cell.targets, cell.rate, cell.seed)
+        path = self.cache.dir("poison", key) / "poison.npz"
+        if self.cache.is_done("poison", key):
+            with np.load(path) as d:
+                triggers = {int(k.split("_")[1]): d[k] for k in d.files if k.startswith("trigger_")}
+                train = ImageDataset(d["images"], splits.train.labels, splits.classes)
+                return Poisoning(train, d["mask"], d["poison_target"], d["boxes"], triggers), key
+        with self.cache.lock("poison", key):
+            p = attack.poison(splits.train, list(cell.targets), cell.rate, cell.seed)
+            _save_arrays(path, images=p.train.images, mask=p.poison_mask, poison_target=p.poison_target,
+                         boxes=p.boxes, **{f"trigger_{t}": trig for t, trig in p.triggers.items()})
+            self.cache.mark_done("poison", key, {"cell": cell.label, "poisons": int(p.poison_mask.sum())})
+        return p, key
+
+    def patched_val(self, attack_name: str, target: int, seed: int) -> PatchedSet:
+        """The validation set with ``target``'s trigger on every image (cached)."""
+        attack = self.attack(attack_name)
+        key = stable_hash("patched", self._dataset_key, attack_name, attack.config, target, seed)
+        path = self.cache.dir("patched", key) / "patched.npz"
+        if self.cache.is_done("patched", key):
+            with np.load(path) as d:
+                return PatchedSet(d["images"], d["labels"], d["boxes"])
+        with self.cache.lock("patched", key):
+            patched = attack.patch_val(self.splits().val, target, seed)
+            _save_arrays(path, images=patched.images, labels=patched.labels, boxes=patched.boxes)
+            self.cache.mark_done("patched", key, {"attack": attack_name, "target": target})
+        return patched
+
+    # -- pretraining --------------------------------------------------------------------------
+    def build_method(self) -> SSLMethod:
+        spec = self.config.ssl
+        size = self.splits().train.image_size
+        factories = self.registry.items["backbone"]
+        if spec.backbone in factories:
+            backbone = factories[spec.backbone].obj(size, **spec.backbone_options)
+        else:
+            backbone = timm_backbone(spec.backbone, size, **spec.backbone_options)
+        cls = self.registry.get("ssl", spec.method)
+        return cls(backbone, config_from_options(cls.Config, spec.method_options, f"ssl method {spec.method}"))
+
+    def encoder(self, images: np.ndarray, data_key: str, seed: int, label: str) -> Encoder:
+        """Pretrain (or resume, or load) the SSL encoder on ``images``."""
+        key = stable_hash("pretrain", data_key, self.config.ssl, self.config.train, seed)
+        workdir = self.cache.dir("pretrain", key)
+        torch.manual_seed(seed)
+        method = self.build_method()
+        if self.cache.is_done("pretrain", key):
+            load_into(method.backbone, workdir / "encoder.safetensors")
+            return Encoder(key, method.backbone)
+        with self.cache.lock("pretrain", key):
+            pretrain(method, images, self.config.train, seed, workdir, self.device, label=label)
+            save_tensors(workdir / "encoder.safetensors", method.backbone.state_dict())
+            self.cache.mark_done("pretrain", key, {"label": label, "images": len(images)})
+        method.backbone.cpu()
+        return Encoder(key, method.backbone)
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def features(self, encoder: Encoder, images: np.ndarray, name: str, data_key: str) -> np.ndarray:
+        key = stable_hash("features", encoder.key, name, data_key)
+        path = self.cache.dir("features", key) / "features.npy"
+        if self.cache.is_done("features", key):
+            return np.load(path)
+        feats = extract_features(encoder.backbone, images, device=self.device)
+        atomic_write(path, lambda tmp: np.save(open(tmp, "wb"), feats))
+        self.cache.mark_done("features", key, {"name": name, "n": len(images)})
+        return feats
+
+    def evaluate(self, encoder: Encoder, cell: Cell) -> list[dict[str, Any]]:
+        """Linear/kNN probe on the clean labelled split; ACC/FP/ASR on clean and patched val per target."""
+        key = stable_hash("probe", encoder.key, self.config.probe, cell.attack, self.config.attack.get(cell.attack),
+                          cell.targets, cell.seed)
+        path = self.cache.dir("probe", key) / "metrics.json"
+        if self.cache.is_done("probe", key):
+            return json.loads(path.read_text())
+        splits = self.splits()
+        n_cls = splits.train.num_classes
+        train_f = self.features(encoder, splits.train.images, "train", self._dataset_key)
+        val_f = self.features(encoder, splits.val.images, "val", self._dataset_key)
+        patched = {t: self.patched_val(cell.attack, t, cell.seed) for t in cell.targets}
+        patched_f = {t: self.features(encoder, p.images, f"patched-{cell.attack}-{t}-{cell.seed}",
+                                      stable_hash(self._dataset_key, self.config.attack.get(cell.attack)))
+                     for t, p in patched.items()}
+        per_seed = []
+        for probe_seed in self.config.probe.seeds:
+            predict = fit_probe(train_f, splits.train.labels, n_cls, self.config.probe, probe_seed)
+            clean_pred = predict(val_f)
+            per_seed.append({t: (confusion_matrix(splits.val.labels, clean_pred, n_cls),
+                                 confusion_matrix(patched[t].labels, predict(patched_f[t]), n_cls))
+                             for t in cell.targets})
+        rows = []
+        for t in cell.targets:
+            stats = np.array([[accuracy(c), attack_success_rate(c, t), false_positives(c, t),
+                               accuracy(p), attack_success_rate(p, t), false_positives(p, t)]
+                              for c, p in (s[t] for s in per_seed)])
+            mean = stats.mean(0)
+            rows.append(dict(target=t, clean_acc=mean[0], clean_asr=mean[1], clean_fp=mean[2],
+                             patched_acc=mean[3], patched_asr=mean[4], patched_fp=mean[5]))
+        save_json(path, rows)
+        self.cache.mark_done("probe", key, {"encoder": encoder.key})
+        return rows
+
+    # -- defenses -----------------------------------------------------------------------------
+    def defense(self, name: str) -> Defense:
+        cls = self.registry.get("defense", name)
+        return cls(config_from_options(cls.Config, self.config.defense.get(name, {}), f"defense {name}"))
+
+    def detect(self, defense: Defense, threat: Encoder, poisoning: Poisoning, poison_key: str,
+               seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Run a filter defense (cached): per-image scores and the removal mask."""
+        key = stable_hash("detect", defense.name, defense.config, threat.key, poison_key, seed)
+        workdir = self.cache.dir("detect", key)
+        path = workdir / "detection.npz"
+        if self.cache.is_done("detect", key):
+            with np.load(path) as d:
+                return d["scores"], d["remove"]
+        images = poisoning.train.images
+        ctx = DefenseContext(images, threat.backbone, self.features(threat, images, "poisoned-train", poison_key),
+                             poisoning.train.num_classes, seed, self.device, workdir)
+        with self.cache.lock("detect", key):
+            detection = defense.detect(ctx)
+            remove = np.asarray(detection.remove, dtype=bool)
+            if remove.shape != (len(images),):
+                raise BenchError(f"defense {defense.name} returned a removal mask of shape {remove.shape}, "
+                                 f"expected ({len(images)},): fix the plugin")
+            _save_arrays(path, scores=np.asarray(detection.scores, dtype=np.float64), remove=remove)
+            self.cache.mark_done("detect", key, {"defense": defense.name, "removed": int(remove.sum())})
+        return np.asarray(detection.scores), remove

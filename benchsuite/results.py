@@ -1,0 +1,40 @@
+"""The results table of a run: one row per (attack, target, rate, seed, defense), as CSV."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from benchsuite.checkpoint import atomic_write
+from benchsuite.errors import BenchError
+
+RESULTS_FILE = "results.csv"
+
+# Documented in the README ("Results columns").
+COLUMNS = [
+    "dataset", "preset", "attack", "targets", "target", "rate", "seed", "defense",
+    "clean_acc", "clean_asr", "clean_fp", "patched_acc", "patched_asr", "patched_fp",
+    "n_train", "n_poison", "removed", "recall", "precision",
+    "ssl", "backbone", "epochs", "probe", "label_fraction", "encoder_key",
+]
+
+REFERENCE_DEFENSE = "clean-model"  # rows of the encoder trained on the clean dataset (not a defense)
+
+
+def save_results(run_dir: Path, rows: list[dict]) -> pd.DataFrame:
+    """Write all rows so far to ``run_dir/results.csv`` atomically and return them."""
+    frame = pd.DataFrame(rows)
+    frame = frame.reindex(columns=COLUMNS + [c for c in frame.columns if c not in COLUMNS])
+    atomic_write(run_dir / RESULTS_FILE, lambda tmp: frame.to_csv(tmp, index=False))
+    return frame
+
+
+def load_results(run_dir: Path) -> pd.DataFrame:
+    path = Path(run_dir) / RESULTS_FILE
+    if not path.is_file():
+        raise BenchError(f"no {RESULTS_FILE} in {run_dir}: pass a run directory made by `bench run`")
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise BenchError(f"{path} is not a readable results file ({err}): rerun `bench run`") from err

@@ -1,0 +1,1 @@
+"""Built-in defense plugins (installed as ``benchsuite.defenses``)."""
