@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from benchsuite import __version__
@@ -61,6 +62,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--ssl", help="SSL method (see `bench list`)")
     run.add_argument("--backbone", help="backbone name (registered, or any timm model)")
     run.add_argument("--epochs", type=int, help="pretraining epochs")
+    run.add_argument("--checkpoint", help="backbone state dict (.safetensors or weights-only .pt) to start from; "
+                     "with --epochs 0 the encoder is evaluated as it is")
     run.add_argument("--trigger", help="'random' or a trigger image path (patch attacks)")
     run.add_argument("--trigger-size", type=float, help="trigger side: pixels if > 1, else a fraction of the image")
     run.add_argument("--reference", action=argparse.BooleanOptionalAction, default=None,
@@ -106,6 +109,8 @@ def _config_from_args(args: argparse.Namespace):
     if args.backbone:
         data.setdefault("ssl", {})["backbone"] = args.backbone
         data["ssl"]["backbone_options"] = {}
+    if args.checkpoint:
+        data.setdefault("ssl", {})["checkpoint"] = args.checkpoint
     if args.epochs is not None:
         data.setdefault("train", {})["epochs"] = args.epochs
     for attack in grid.get("attacks", ["htba"]):
@@ -125,7 +130,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _config_from_args(args)
     runner = GridRunner(config, get_registry(), Path(args.out))
-    console.log(f"run directory: {runner.run_dir}")
     results = runner.run()
     print_tables(results)
     console.log(f"results: {runner.run_dir / 'results.csv'}  (again: bench table {runner.run_dir})")
@@ -182,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except BenchError as err:
-        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print("interrupted: finished stages are cached; rerun the same command to resume")

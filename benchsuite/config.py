@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from benchsuite.errors import BenchError
 from benchsuite.eval.probe import ProbeConfig
@@ -40,6 +41,7 @@ class SSLSpec:
     backbone: str = "resnet18"
     backbone_options: dict[str, Any] = field(default_factory=dict)
     method_options: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None  # backbone state dict to start from (with epochs = 0: evaluate it as is)
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ class GridRunner:
         self.out = Path(out)
         self.run_dir = self.out / run_id(config)
         self.pipeline = Pipeline(config, registry, self.out / "cache")
+        registry.get("dataset", config.dataset.name)
         self.defenses = [self.pipeline.defense(name) for name in config.grid.defenses]
         for cell in cells(config):  # fail fast on bad names and targets, before any training
             self.pipeline.attack(cell.attack)
@@ -69,6 +70,7 @@ class GridRunner:
         for cell in cells(self.config):
             for t in cell.targets:
                 splits.check_target(t)
+        console.log(f"run directory: {self.run_dir}")
         rows: list[dict[str, Any]] = []
         all_cells = cells(self.config)
         for i, cell in enumerate(all_cells, 1):

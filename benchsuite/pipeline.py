@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,13 @@ class DefenseContext:
     workdir: Path
 
 
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes (a user-supplied checkpoint is part of the cache key)."""
+    if not path.is_file():
+        raise BenchError(f"checkpoint {path} not found: check --checkpoint")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -76,6 +84,14 @@ def _save_arrays(path: Path, **arrays: np.ndarray) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
+
+    atomic_write(path, write)
+
+
+def _save_array(path: Path, array: np.ndarray) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array)
 
     atomic_write(path, write)
 
@@ -171,10 +187,14 @@ class Pipeline:
 
     def encoder(self, images: np.ndarray, data_key: str, seed: int, label: str) -> Encoder:
         """Pretrain (or resume, or load) the SSL encoder on ``images``."""
-        key = stable_hash("pretrain", data_key, self.config.ssl, self.config.train, seed)
+        start = self.config.ssl.checkpoint
+        start_hash = file_digest(Path(start)) if start else None
+        key = stable_hash("pretrain", data_key, self.config.ssl, self.config.train, seed, start_hash)
         workdir = self.cache.dir("pretrain", key)
         torch.manual_seed(seed)
         method = self.build_method()
+        if start:
+            load_into(method.backbone, Path(start))
         if self.cache.is_done("pretrain", key):
             load_into(method.backbone, workdir / "encoder.safetensors")
             return Encoder(key, method.backbone)
@@ -192,7 +212,7 @@ class Pipeline:
         if self.cache.is_done("features", key):
             return np.load(path)
         feats = extract_features(encoder.backbone, images, device=self.device)
-        atomic_write(path, lambda tmp: np.save(open(tmp, "wb"), feats))
+        _save_array(path, feats)
         self.cache.mark_done("features", key, {"name": name, "n": len(images)})
         return feats
 

@@ -66,7 +66,7 @@ def _describe(obj: Any) -> str:
 def _item_names(section: str, contributed: Any) -> list[tuple[str, Any]]:
     if isinstance(contributed, dict):
         return list(contributed.items())
-    return [(getattr(obj, "name"), obj) for obj in contributed or []]
+    return [(obj.name, obj) for obj in contributed or []]
 
 
 def build_registry(plugins: list[tuple[str, ModuleType | Any]], failed: dict[str, str] | None = None) -> Registry:

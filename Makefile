@@ -1,0 +1,25 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Each creates .venv if needed.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test bench lint clean
+
+$(BIN)/bench: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q --upgrade pip
+	$(BIN)/pip install --disable-pip-version-check -q -e '.[test]'
+	touch $(BIN)/bench
+
+demo: $(BIN)/bench
+	$(BIN)/bench run --attack htba --defense none --preset smoke
+
+test: $(BIN)/bench
+	$(BIN)/ruff check benchsuite attacks defenses plugins tests
+	$(BIN)/pytest -q
+
+bench: $(BIN)/bench
+	$(BIN)/pytest -q tests/bench_speed.py --benchmark-enable --benchmark-only
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .benchmarks

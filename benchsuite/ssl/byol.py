@@ -1,0 +1,61 @@
+"""BYOL (Grill et al., 2020): online predictor regresses an EMA target network, no negatives."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from benchsuite.hookspecs import hookimpl
+from benchsuite.ssl.base import SSLMethod, mlp
+
+
+@dataclass(frozen=True)
+class BYOLConfig:
+    proj_hidden: int = 1024  # SSL-Backdoor R18 recipe: 512 -> 1024 -> 128
+    proj_dim: int = 128
+    pred_hidden: int = 1024  # predictor 128 -> 1024 -> 128
+    tau: float = 0.99  # target EMA, raised to 1 by a cosine schedule (spec 8.3)
+
+
+def normalized_mse(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """2 - 2 cos(p, z), averaged over the batch."""
+    return (2 - 2 * F.cosine_similarity(p, z.detach(), dim=1)).mean()
+
+
+class BYOL(SSLMethod):
+    name = "byol"
+    Config = BYOLConfig
+    description = "BYOL: predictor + EMA target network, normalised MSE, no negatives"
+
+    def __init__(self, backbone, config=None) -> None:
+        super().__init__(backbone, config)
+        cfg = self.config
+        self.projector = mlp([self.feature_dim, cfg.proj_hidden, cfg.proj_dim])
+        self.predictor = mlp([cfg.proj_dim, cfg.pred_hidden, cfg.proj_dim])
+        self.target_backbone = copy.deepcopy(self.backbone).requires_grad_(False)
+        self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
+
+    def loss(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
+        both = torch.cat([view1, view2])
+        p1, p2 = self.predictor(self.projector(self.backbone(both))).chunk(2)
+        with torch.no_grad():
+            z1, z2 = self.target_projector(self.target_backbone(both)).chunk(2)
+        return normalized_mse(p1, z2) + normalized_mse(p2, z1)
+
+    @torch.no_grad()
+    def after_step(self, progress: float) -> None:
+        tau = 1 - (1 - self.config.tau) * (math.cos(math.pi * progress) + 1) / 2
+        for online, target in ((self.backbone, self.target_backbone), (self.projector, self.target_projector)):
+            for p_o, p_t in zip(online.parameters(), target.parameters()):
+                p_t.mul_(tau).add_(p_o.detach(), alpha=1 - tau)
+            for b_o, b_t in zip(online.buffers(), target.buffers()):
+                b_t.copy_(b_o)
+
+
+@hookimpl
+def benchsuite_ssl_methods() -> list[type[SSLMethod]]:
+    return [BYOL]

@@ -1,0 +1,66 @@
+"""Dataset loaders: generated default, .npz, ImageFolder, torchvision offline error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchsuite.data.loaders import load_cifar10, load_imagefolder, load_npz, load_synthetic
+from benchsuite.errors import BenchError
+
+
+def test_generated_default_is_balanced_and_deterministic():
+    a = load_synthetic(train_per_class=10, val_per_class=4, generator_seed=1)
+    b = load_synthetic(train_per_class=10, val_per_class=4, generator_seed=1)
+    c = load_synthetic(train_per_class=10, val_per_class=4, generator_seed=2)
+    assert a.train.images.shape == (100, 32, 32, 3) and a.train.images.dtype == np.uint8
+    assert np.bincount(a.train.labels).tolist() == [10] * 10 and len(a.classes) == 10
+    np.testing.assert_array_equal(a.train.images, b.train.images)
+    assert not np.array_equal(a.train.images, c.train.images)
+
+
+def _write_npz(folder, n=30, size=8, classes=3):
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        np.savez(folder / f"toy_{split}.npz", x=rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8),
+                 y=np.arange(n) % classes)
+    (folder / "classes.txt").write_text("a\nb\nc\n")
+
+
+def test_npz_folder_with_class_names_and_limits(tmp_path):
+    _write_npz(tmp_path)
+    s = load_npz(str(tmp_path), limit_train_per_class=4)
+    assert s.classes == ["a", "b", "c"]
+    assert len(s.train) == 12 and len(s.val) == 30
+
+
+def test_npz_errors_name_the_fix(tmp_path):
+    with pytest.raises(BenchError, match="does not exist"):
+        load_npz(str(tmp_path / "missing"))
+    with pytest.raises(BenchError, match="no \\*train\\*.npz"):
+        load_npz(str(tmp_path))
+    (tmp_path / "x_train.npz").write_bytes(b"garbage")
+    (tmp_path / "x_test.npz").write_bytes(b"garbage")
+    with pytest.raises(BenchError, match="not a readable .npz"):
+        load_npz(str(tmp_path))
+
+
+def test_imagefolder_resizes_and_reports_corrupt_images(tmp_path):
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(
+                    tmp_path / split / cls / f"{i}.png")
+    s = load_imagefolder(str(tmp_path), image_size=16)
+    assert s.train.images.shape == (6, 16, 16, 3) and s.classes == ["cat", "dog"]
+    (tmp_path / "train" / "cat" / "broken.png").write_bytes(b"nope")
+    with pytest.raises(BenchError, match="cannot read image .*broken.png"):
+        load_imagefolder(str(tmp_path), image_size=16)
+
+
+def test_torchvision_dataset_offline_points_to_local_formats(tmp_path):
+    with pytest.raises(BenchError, match="--download when online.*--dataset npz"):
+        load_cifar10(str(tmp_path), download=False)

@@ -1,0 +1,113 @@
+"""The pluggy registry: built-ins through entry points, failures, name clashes; every plugin checked."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from benchsuite.api import Attack, Defense
+from benchsuite.errors import BenchError
+from benchsuite.hookspecs import hookimpl
+from benchsuite.registry import build_registry, get_registry
+
+REGISTRY = get_registry()
+
+
+def test_builtins_are_registered_through_entry_points():
+    assert {"htba"} <= set(REGISTRY.names("attack"))
+    assert {"none"} <= set(REGISTRY.names("defense"))
+    assert {"synthetic", "npz", "imagefolder", "cifar10", "stl10"} <= set(REGISTRY.names("dataset"))
+    assert {"simclr", "moco_v2", "byol"} <= set(REGISTRY.names("ssl"))
+    assert REGISTRY.items["attack"]["htba"].plugin == "htba"
+
+
+def test_unknown_name_lists_the_known_ones():
+    with pytest.raises(BenchError, match="unknown attack 'nope': known are .*htba"):
+        REGISTRY.get("attack", "nope")
+
+
+def _plugin(name: str, attack_name: str) -> types.ModuleType:
+    module = types.ModuleType(name)
+
+    class Fake(Attack):
+        name = attack_name
+
+    @hookimpl
+    def benchsuite_attacks():
+        return [Fake]
+
+    module.benchsuite_attacks = benchsuite_attacks
+    return module
+
+
+def test_two_plugins_claiming_one_name_is_a_clear_error():
+    with pytest.raises(BenchError, match="two plugins claim the attack name 'x'.*'a' and 'b'"):
+        build_registry([("a", _plugin("a", "x")), ("b", _plugin("b", "x"))])
+
+
+def test_a_broken_plugin_is_reported_and_the_others_still_load():
+    broken = types.ModuleType("broken")
+
+    @hookimpl
+    def benchsuite_attacks():
+        raise RuntimeError("boom")
+
+    broken.benchsuite_attacks = benchsuite_attacks
+    registry = build_registry([("good", _plugin("good", "g")), ("broken", broken)],
+                              failed={"unimportable": "ImportError: no module named foo"})
+    assert registry.names("attack") == ["g"]
+    assert "boom" in registry.failed["broken"]
+    assert "unimportable" in registry.failed
+
+
+@pytest.mark.parametrize("name", REGISTRY.names("attack"))
+def test_every_attack_poisons_deterministically(name, tiny_splits):
+    cls = REGISTRY.get("attack", name)
+    assert issubclass(cls, Attack) and dataclasses.is_dataclass(cls.Config)
+    attack = cls()
+    if "trigger_size" in {f.name for f in dataclasses.fields(cls.Config)}:
+        attack = cls(cls.Config(trigger_size=6))
+    a = attack.poison(tiny_splits.train, [1], 0.5, seed=3)
+    b = attack.poison(tiny_splits.train, [1], 0.5, seed=3)
+    np.testing.assert_array_equal(a.train.images, b.train.images)
+    assert a.poison_mask.any() and a.train.images.shape == tiny_splits.train.images.shape
+    patched = attack.patch_val(tiny_splits.val, 1, seed=3)
+    assert patched.images.shape == tiny_splits.val.images.shape
+
+
+@pytest.mark.parametrize("name", REGISTRY.names("defense"))
+def test_every_defense_declares_a_kind_and_a_config(name):
+    cls = REGISTRY.get("defense", name)
+    assert issubclass(cls, Defense)
+    assert cls.kind in ("none", "filter", "training", "model")
+    assert dataclasses.is_dataclass(cls.Config)
+
+
+@pytest.mark.parametrize("name", REGISTRY.names("ssl"))
+def test_every_ssl_method_gives_a_finite_loss_that_trains(name):
+    torch.manual_seed(0)
+    backbone = REGISTRY.get("backbone", "resnet18")(32, width=8, stem_stride=2)
+    method = REGISTRY.get("ssl", name)(backbone)
+    x1, x2 = torch.randn(8, 3, 32, 32), torch.randn(8, 3, 32, 32)
+    opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
+    losses = []
+    for step in range(8):
+        loss = method.loss(x1, x2)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        method.after_step((step + 1) / 8)
+        losses.append(loss.item())
+    assert all(np.isfinite(losses))
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("name", REGISTRY.names("backbone"))
+def test_every_backbone_returns_pooled_features(name):
+    model = REGISTRY.get("backbone", name)(32, width=8)
+    out = model(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, model.num_features)
