@@ -15,7 +15,7 @@ from benchsuite.console import console
 from benchsuite.errors import BenchError
 from benchsuite.registry import SECTIONS, get_registry
 from benchsuite.results import load_results
-from benchsuite.tables import markdown_table, rich_table, table1_frame
+from benchsuite.tables import markdown_table, rich_table, table1_frame, table2_frame
 
 
 def _csv(text: str) -> list[str]:
@@ -137,16 +137,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def print_tables(results, fmt: str = "rich") -> None:
-    frame = table1_frame(results)
-    if fmt == "markdown":
-        print(markdown_table(frame))
-    elif fmt == "csv":
-        frame.to_csv(sys.stdout, index=False)
-    else:
-        from rich.console import Console
+    tables = [("Table 1 (PoisonCAM layout): ACC / ASR (%) on clean and patched validation data",
+               table1_frame(results)),
+              ("Table 2 (PoisonCAM Table 2 / PatchSearch Table 1): detection of the poisons by the filter defenses",
+               table2_frame(results))]
+    from rich.console import Console
 
-        Console(width=max(160, console.width)).print(
-            rich_table(frame, "Table 1 (PoisonCAM layout): ACC / ASR (%) on clean and patched validation data"))
+    out = Console(width=max(160, console.width))
+    for title, frame in tables:
+        if frame is None:
+            continue
+        if fmt == "markdown":
+            print(f"\n**{title}**\n\n{markdown_table(frame)}")
+        elif fmt == "csv":
+            frame.to_csv(sys.stdout, index=False)
+        else:
+            out.print(rich_table(frame, title))
 
 
 def cmd_table(args: argparse.Namespace) -> int:

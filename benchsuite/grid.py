@@ -16,6 +16,7 @@ from benchsuite.checkpoint import save_json
 from benchsuite.config import RunConfig
 from benchsuite.console import console
 from benchsuite.errors import BenchError
+from benchsuite.eval.detection import removal_metrics, topk_accuracy, window_metrics
 from benchsuite.pipeline import Cell, Pipeline
 from benchsuite.registry import Registry
 from benchsuite.results import REFERENCE_DEFENSE, save_results
@@ -29,14 +30,6 @@ def cells(config: RunConfig) -> list[Cell]:
 def run_id(config: RunConfig) -> str:
     """Same configuration -> same run directory, so a rerun resumes into it."""
     return f"{config.preset}-{config.dataset.name}-{stable_hash(config.to_dict(), length=8)}"
-
-
-def detection_metrics(remove: np.ndarray, poison_mask: np.ndarray) -> dict[str, float]:
-    """Total removed, recall and precision (percent) of a removal mask against the ground truth."""
-    caught = int((remove & poison_mask).sum())
-    return {"removed": int(remove.sum()),
-            "recall": 100.0 * caught / max(1, int(poison_mask.sum())),
-            "precision": 100.0 * caught / max(1, int(remove.sum()))}
 
 
 class GridRunner:
@@ -100,8 +93,11 @@ class GridRunner:
         extra: dict[str, Any] = {"n_train": len(poisoning.train), "n_poison": n_poison}
         encoder = threat
         if defense.kind == "filter":
-            _, remove = p.detect(defense, threat, poisoning, poison_key, cell.seed)
-            extra.update(detection_metrics(remove, poisoning.poison_mask))
+            detection = p.detect(defense, threat, poisoning, poison_key, cell.seed)
+            remove = detection.remove
+            extra.update(removal_metrics(remove, poisoning.poison_mask))
+            extra.update(topk_accuracy(detection.scores, poisoning.poison_mask))
+            extra.update(window_metrics(detection.scores, detection.windows, poisoning.boxes))
             kept = np.flatnonzero(~remove)
             kept_key = stable_hash(poison_key, "kept", remove)
             encoder = p.encoder(poisoning.train.images[kept], kept_key, cell.seed,

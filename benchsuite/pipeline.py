@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchsuite.api import Attack, Defense, PatchedSet, Poisoning, config_from_options
+from benchsuite.api import Attack, Defense, Detection, PatchedSet, Poisoning, config_from_options
 from benchsuite.backbones import timm_backbone
 from benchsuite.cache import StageCache, stable_hash
 from benchsuite.checkpoint import atomic_write, load_into, save_json, save_tensors
@@ -256,14 +256,14 @@ class Pipeline:
         return cls(config_from_options(cls.Config, self.config.defense.get(name, {}), f"defense {name}"))
 
     def detect(self, defense: Defense, threat: Encoder, poisoning: Poisoning, poison_key: str,
-               seed: int) -> tuple[np.ndarray, np.ndarray]:
-        """Run a filter defense (cached): per-image scores and the removal mask."""
+               seed: int) -> Detection:
+        """Run a filter defense (cached): per-image scores, the removal mask, located windows."""
         key = stable_hash("detect", defense.name, defense.config, threat.key, poison_key, seed)
         workdir = self.cache.dir("detect", key)
         path = workdir / "detection.npz"
         if self.cache.is_done("detect", key):
             with np.load(path) as d:
-                return d["scores"], d["remove"]
+                return Detection(d["scores"], d["remove"], d["windows"] if "windows" in d.files else None)
         images = poisoning.train.images
         ctx = DefenseContext(images, threat.backbone, self.features(threat, images, "poisoned-train", poison_key),
                              poisoning.train.num_classes, seed, self.device, workdir)
@@ -273,6 +273,8 @@ class Pipeline:
             if remove.shape != (len(images),):
                 raise BenchError(f"defense {defense.name} returned a removal mask of shape {remove.shape}, "
                                  f"expected ({len(images)},): fix the plugin")
-            _save_arrays(path, scores=np.asarray(detection.scores, dtype=np.float64), remove=remove)
+            scores = np.asarray(detection.scores, dtype=np.float64)
+            windows = None if detection.windows is None else np.asarray(detection.windows, dtype=np.int64)
+            _save_arrays(path, scores=scores, remove=remove, **({} if windows is None else {"windows": windows}))
             self.cache.mark_done("detect", key, {"defense": defense.name, "removed": int(remove.sum())})
-        return np.asarray(detection.scores), remove
+        return Detection(scores, remove, windows)

@@ -1,8 +1,10 @@
-"""Paper-form tables from a results frame: PoisonCAM Table 1 (ACC/ASR on clean and patched val).
+"""Paper-form tables from a results frame.
 
-Rows are dataset / poison rate / target with an average row per rate; each defense contributes
-a column group Clean Val (ACC, ASR) | Patched Val (ACC, ASR). With several seeds every cell reads
-``mean ± std`` over seeds.
+Table 1 (PoisonCAM layout): rows dataset / poison rate (share of the target class) / target, an
+average row; per defense a column group Clean Val (ACC, ASR) | Patched Val (ACC, ASR).
+Table 2 (PoisonCAM Table 2 / PatchSearch Table 1): per filter defense total removed, recall,
+precision, top-20 accuracy and the located windows' IoU / catch rate.
+With several seeds every cell reads ``mean ± std`` over seeds.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from benchsuite.results import REFERENCE_DEFENSE
 
 DISPLAY_NAMES = {"none": "w/o Defense", REFERENCE_DEFENSE: "Clean model (ref.)", "patchsearch": "PatchSearch",
                  "poisoncam": "PoisonCAM", "icutmix": "i-CutMix", "sslcleanse": "SSL-Cleanse"}
-METRICS = [("clean_acc", "Clean ACC"), ("clean_asr", "Clean ASR"),
-           ("patched_acc", "Patched ACC"), ("patched_asr", "Patched ASR")]
+TABLE1_METRICS = [("clean_acc", "Clean ACC"), ("clean_asr", "Clean ASR"),
+                  ("patched_acc", "Patched ACC"), ("patched_asr", "Patched ASR")]
+TABLE2_METRICS = [("removed", "Removed"), ("recall", "Recall"), ("precision", "Precision"),
+                  ("top20_acc", "Top-20 Acc"), ("iou", "IoU"), ("catch_rate", "CR")]
 
 
 def display_name(defense: str) -> str:
@@ -39,7 +43,19 @@ def _defense_order(results: pd.DataFrame) -> list[str]:
 
 def table1_frame(results: pd.DataFrame) -> pd.DataFrame:
     """PoisonCAM Table 1 as a frame of formatted strings; columns (defense, metric)."""
-    defenses = _defense_order(results)
+    return grouped_frame(results, _defense_order(results), TABLE1_METRICS)
+
+
+def table2_frame(results: pd.DataFrame) -> pd.DataFrame | None:
+    """Detection table over the filter defenses (rows that have a recall); None when there are none."""
+    if "recall" not in results or results["recall"].isna().all():
+        return None
+    filters = [d for d in _defense_order(results) if results.loc[results["defense"] == d, "recall"].notna().any()]
+    return grouped_frame(results, filters, TABLE2_METRICS)
+
+
+def grouped_frame(results: pd.DataFrame, defenses: list[str], metrics: list[tuple[str, str]]) -> pd.DataFrame:
+    """Rows dataset / attack / rate / target (+ Average); a column group of ``metrics`` per defense."""
     records = []
     keys = ["dataset", "attack", "rate"]
     for (dataset, attack, rate), block in results.groupby(keys, sort=False):
@@ -47,14 +63,16 @@ def table1_frame(results: pd.DataFrame) -> pd.DataFrame:
         if len(per_target) > 1:
             per_target.append(("Average", block))
         for target, rows in per_target:
-            record = {("", "Dataset"): dataset, ("", "Attack"): attack, ("", "Rate"): f"{rate:g}",
+            record = {("", "Dataset"): dataset, ("", "Attack"): attack, ("", "Rate"): f"{100 * rate:g}%",
                       ("", "Target"): target}
             for defense in defenses:
                 d_rows = rows[rows["defense"] == defense]
                 # average over targets first, so the std is over seeds
-                by_seed = d_rows.groupby("seed")[[m for m, _ in METRICS]].mean()
-                for metric, title in METRICS:
-                    record[(display_name(defense), title)] = _fmt(by_seed[metric]) if len(by_seed) else "-"
+                present = [m for m, _ in metrics if m in d_rows]
+                by_seed = d_rows.groupby("seed")[present].mean()
+                for metric, title in metrics:
+                    cell = _fmt(by_seed[metric]) if metric in by_seed and len(by_seed) else "-"
+                    record[(display_name(defense), title)] = cell
             records.append(record)
     frame = pd.DataFrame(records)
     frame.columns = pd.MultiIndex.from_tuples(frame.columns)

@@ -1,0 +1,60 @@
+"""Detection metrics of a filter defense against the ground-truth poisons (PatchSearch / PoisonCAM tables)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+TOP_K = (5, 10, 20, 50, 100, 500)
+
+
+def removal_metrics(remove: np.ndarray, poison_mask: np.ndarray) -> dict[str, float]:
+    """Total removed, recall and precision (percent) of a removal mask."""
+    caught = int((remove & poison_mask).sum())
+    return {"removed": int(remove.sum()),
+            "recall": 100.0 * caught / max(1, int(poison_mask.sum())),
+            "precision": 100.0 * caught / max(1, int(remove.sum()))}
+
+
+def ranking(scores: np.ndarray) -> np.ndarray:
+    """Indices by descending score (ties keep index order)."""
+    return np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+
+
+def topk_accuracy(scores: np.ndarray, poison_mask: np.ndarray, ks=TOP_K) -> dict[str, float]:
+    """Percent of poisons among the k highest-scored images; NaN when k exceeds the dataset."""
+    order = ranking(scores)
+    return {f"top{k}_acc": (100.0 * poison_mask[order[:k]].mean() if k <= len(order) else float("nan"))
+            for k in ks}
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of matching rows of two (n, 4) x, y, w, h box arrays."""
+    x1, y1 = np.maximum(a[:, 0], b[:, 0]), np.maximum(a[:, 1], b[:, 1])
+    x2 = np.minimum(a[:, 0] + a[:, 2], b[:, 0] + b[:, 2])
+    y2 = np.minimum(a[:, 1] + a[:, 3], b[:, 1] + b[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    union = a[:, 2] * a[:, 3] + b[:, 2] * b[:, 3] - inter
+    return inter / np.maximum(union, 1)
+
+
+def catch_rate(window: np.ndarray, trigger: np.ndarray) -> np.ndarray:
+    """Share of the trigger box inside the window (PoisonCAM's CR), per row."""
+    x1, y1 = np.maximum(window[:, 0], trigger[:, 0]), np.maximum(window[:, 1], trigger[:, 1])
+    x2 = np.minimum(window[:, 0] + window[:, 2], trigger[:, 0] + trigger[:, 2])
+    y2 = np.minimum(window[:, 1] + window[:, 3], trigger[:, 1] + trigger[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    return inter / np.maximum(trigger[:, 2] * trigger[:, 3], 1)
+
+
+def window_metrics(scores: np.ndarray, windows: np.ndarray | None, boxes: np.ndarray, k: int = 20) -> dict[str, float]:
+    """Mean IoU and catch rate (percent) of the located windows of the top-k ranked images that carry a
+    trigger box. NaN when the defense locates no windows or the attack's trigger has no box."""
+    nan = {"iou": float("nan"), "catch_rate": float("nan")}
+    if windows is None:
+        return nan
+    top = ranking(scores)[:k]
+    top = top[(boxes[top, 0] >= 0) & (windows[top, 0] >= 0)]
+    if len(top) == 0:
+        return nan
+    return {"iou": 100.0 * float(box_iou(windows[top], boxes[top]).mean()),
+            "catch_rate": 100.0 * float(catch_rate(windows[top], boxes[top]).mean())}
