@@ -27,23 +27,26 @@ def topk_accuracy(scores: np.ndarray, poison_mask: np.ndarray, ks=TOP_K) -> dict
             for k in ks}
 
 
+def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    ix = np.clip(np.minimum(a[:, 0] + a[:, 2], b[:, 0] + b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
+    iy = np.clip(np.minimum(a[:, 1] + a[:, 3], b[:, 1] + b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
+    return ix * iy
+
+
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of matching rows of two (n, 4) x, y, w, h box arrays."""
-    x1, y1 = np.maximum(a[:, 0], b[:, 0]), np.maximum(a[:, 1], b[:, 1])
-    x2 = np.minimum(a[:, 0] + a[:, 2], b[:, 0] + b[:, 2])
-    y2 = np.minimum(a[:, 1] + a[:, 3], b[:, 1] + b[:, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    """Row-wise IoU of (n, 4) x, y, w, h boxes; 0 where a box is missing (-1 rows)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    inter = _intersection(a, b)
     union = a[:, 2] * a[:, 3] + b[:, 2] * b[:, 3] - inter
-    return inter / np.maximum(union, 1)
+    valid = (a[:, 2] > 0) & (b[:, 2] > 0)
+    return np.where(valid, inter / np.maximum(union, 1e-12), 0.0)
 
 
 def catch_rate(window: np.ndarray, trigger: np.ndarray) -> np.ndarray:
-    """Share of the trigger box inside the window (PoisonCAM's CR), per row."""
-    x1, y1 = np.maximum(window[:, 0], trigger[:, 0]), np.maximum(window[:, 1], trigger[:, 1])
-    x2 = np.minimum(window[:, 0] + window[:, 2], trigger[:, 0] + trigger[:, 2])
-    y2 = np.minimum(window[:, 1] + window[:, 3], trigger[:, 1] + trigger[:, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    return inter / np.maximum(trigger[:, 2] * trigger[:, 3], 1)
+    """Share of the trigger box inside the window (PoisonCAM's CR), per row; 0 where a box is missing."""
+    window, trigger = np.asarray(window, dtype=np.float64), np.asarray(trigger, dtype=np.float64)
+    valid = (window[:, 2] > 0) & (trigger[:, 2] > 0)
+    return np.where(valid, _intersection(window, trigger) / np.maximum(trigger[:, 2] * trigger[:, 3], 1e-12), 0.0)
 
 
 def window_metrics(scores: np.ndarray, windows: np.ndarray | None, boxes: np.ndarray, k: int = 20) -> dict[str, float]:

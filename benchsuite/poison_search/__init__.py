@@ -4,6 +4,7 @@ cluster (``benchsuite.clustering``) -> locate a candidate trigger per image (a :
 Grad-CAM or cluster activation masking) -> flip test and iterative search -> poison classifier.
 """
 
+from benchsuite.eval.detection import box_iou
 from benchsuite.poison_search.classifier import ClassifierConfig, ClassifierResult, train_poison_classifier
 from benchsuite.poison_search.encoding import EncoderRunner
 from benchsuite.poison_search.filter import FilterConfig, filter_config, run_filter
@@ -13,7 +14,7 @@ from benchsuite.poison_search.locators import Located, Locator
 from benchsuite.poison_search.masking import MaskingLocator
 from benchsuite.poison_search.rsd import choose_window, relative_std
 from benchsuite.poison_search.search import SearchConfig, SearchResult, iterative_search
-from benchsuite.poison_search.windows import best_windows, box_iou, crop_windows, paste_patches, window_side
+from benchsuite.poison_search.windows import best_windows, crop_windows, paste_patches, window_side
 
 __all__ = [
     "ClassifierConfig", "ClassifierResult", "EncoderRunner", "FilterConfig", "FlipTest", "GradCamLocator",

@@ -56,14 +56,3 @@ def paste_patches(canvas: torch.Tensor, patches: torch.Tensor, corners: torch.Te
     hwc = canvas.permute(0, 2, 3, 1)  # a view: writing into it writes into canvas
     hwc[batch, rows, cols] = patches.permute(0, 2, 3, 1).to(canvas.dtype)
     return canvas
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise IoU of (n, 4) x, y, w, h boxes; 0 where a box is missing (-1 rows)."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    ix = np.clip(np.minimum(a[:, 0] + a[:, 2], b[:, 0] + b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
-    iy = np.clip(np.minimum(a[:, 1] + a[:, 3], b[:, 1] + b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
-    inter = ix * iy
-    union = a[:, 2] * a[:, 3] + b[:, 2] * b[:, 3] - inter
-    valid = (a[:, 2] > 0) & (b[:, 2] > 0)
-    return np.where(valid, inter / np.maximum(union, 1e-12), 0.0)
