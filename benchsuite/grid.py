@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,17 @@ class GridRunner:
                              "n_train": len(p.splits().train), "n_poison": 0})
         return rows
 
+    def _link_figures(self, workdir: Path, cell: Cell, defense: str) -> str:
+        """Copy a defense's pictures (retrieved patches, attention maps) into ``<run>/figures/``."""
+        target = "+".join(map(str, cell.targets))
+        folder = self.run_dir / "figures" / f"{cell.attack}_t{target}_r{cell.rate:g}_s{cell.seed}"
+        copied = []
+        for png in sorted(workdir.glob("*.png")):
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(png, folder / f"{defense}_{png.name}")
+            copied.append(str((folder / f"{defense}_{png.name}").relative_to(self.run_dir)))
+        return ";".join(copied)
+
     def _run_defense(self, defense: Defense, cell: Cell, poisoning, poison_key: str, threat, n_poison: int):
         p = self.pipeline
         extra: dict[str, Any] = {"n_train": len(poisoning.train), "n_poison": n_poison}
@@ -98,6 +110,7 @@ class GridRunner:
             extra.update(removal_metrics(remove, poisoning.poison_mask))
             extra.update(topk_accuracy(detection.scores, poisoning.poison_mask))
             extra.update(window_metrics(detection.scores, detection.windows, poisoning.boxes))
+            extra["figures"] = self._link_figures(Path(detection.extras["workdir"]), cell, defense.name)
             kept = np.flatnonzero(~remove)
             kept_key = stable_hash(poison_key, "kept", remove)
             encoder = p.encoder(poisoning.train.images[kept], kept_key, cell.seed,

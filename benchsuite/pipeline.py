@@ -262,8 +262,10 @@ class Pipeline:
         workdir = self.cache.dir("detect", key)
         path = workdir / "detection.npz"
         if self.cache.is_done("detect", key):
+            extras = json.loads((workdir / "extras.json").read_text()) if (workdir / "extras.json").is_file() else {}
             with np.load(path) as d:
-                return Detection(d["scores"], d["remove"], d["windows"] if "windows" in d.files else None)
+                return Detection(d["scores"], d["remove"], d["windows"] if "windows" in d.files else None,
+                                 {**extras, "workdir": str(workdir)})
         images = poisoning.train.images
         ctx = DefenseContext(images, threat.backbone, self.features(threat, images, "poisoned-train", poison_key),
                              poisoning.train.num_classes, seed, self.device, workdir)
@@ -276,5 +278,6 @@ class Pipeline:
             scores = np.asarray(detection.scores, dtype=np.float64)
             windows = None if detection.windows is None else np.asarray(detection.windows, dtype=np.int64)
             _save_arrays(path, scores=scores, remove=remove, **({} if windows is None else {"windows": windows}))
+            save_json(workdir / "extras.json", detection.extras)
             self.cache.mark_done("detect", key, {"defense": defense.name, "removed": int(remove.sum())})
-        return Detection(scores, remove, windows)
+        return Detection(scores, remove, windows, {**detection.extras, "workdir": str(workdir)})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -21,6 +22,20 @@ def mlp(dims: list[int], last_bn: bool = False) -> nn.Sequential:
         elif last_bn:
             layers.append(nn.BatchNorm1d(d_out, affine=False))
     return nn.Sequential(*layers)
+
+
+@torch.no_grad()
+def ema_update(online: nn.Module, target: nn.Module, momentum: float) -> None:
+    """target = momentum * target + (1 - momentum) * online for parameters; buffers (BN stats) copied."""
+    for p_o, p_t in zip(online.parameters(), target.parameters()):
+        p_t.mul_(momentum).add_(p_o.detach(), alpha=1 - momentum)
+    for b_o, b_t in zip(online.buffers(), target.buffers()):
+        b_t.copy_(b_o)
+
+
+def cosine_to_one(start: float, progress: float) -> float:
+    """A momentum raised from ``start`` to 1 by a half-cosine over training (BYOL, MoCo-v3)."""
+    return 1 - (1 - start) * (math.cos(math.pi * progress) + 1) / 2
 
 
 class SSLMethod(nn.Module):

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from benchsuite.hookspecs import hookimpl
-from benchsuite.ssl.base import SSLMethod, mlp
+from benchsuite.ssl.base import SSLMethod, cosine_to_one, ema_update, mlp
 
 
 @dataclass(frozen=True)
@@ -48,12 +47,9 @@ class BYOL(SSLMethod):
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:
-        tau = 1 - (1 - self.config.tau) * (math.cos(math.pi * progress) + 1) / 2
-        for online, target in ((self.backbone, self.target_backbone), (self.projector, self.target_projector)):
-            for p_o, p_t in zip(online.parameters(), target.parameters()):
-                p_t.mul_(tau).add_(p_o.detach(), alpha=1 - tau)
-            for b_o, b_t in zip(online.buffers(), target.buffers()):
-                b_t.copy_(b_o)
+        tau = cosine_to_one(self.config.tau, progress)
+        ema_update(self.backbone, self.target_backbone, tau)
+        ema_update(self.projector, self.target_projector, tau)
 
 
 @hookimpl

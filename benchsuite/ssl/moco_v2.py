@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from benchsuite.hookspecs import hookimpl
-from benchsuite.ssl.base import SSLMethod, mlp
+from benchsuite.ssl.base import SSLMethod, cosine_to_one, ema_update, mlp
 
 
 @dataclass(frozen=True)
@@ -37,7 +36,6 @@ class MoCoV2(SSLMethod):
         self.key_projector = copy.deepcopy(self.projector).requires_grad_(False)
         self.register_buffer("queue", F.normalize(torch.randn(cfg.queue_size, cfg.proj_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
-        self._momentum = cfg.momentum
 
     def _keys(self, view: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -70,15 +68,9 @@ class MoCoV2(SSLMethod):
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:
-        m = self.config.momentum
-        if self.config.momentum_cos:
-            m = 1 - (1 - m) * (math.cos(math.pi * progress) + 1) / 2
-        pairs = [(self.backbone, self.key_backbone), (self.projector, self.key_projector)]
-        for online, target in pairs:
-            for p_o, p_t in zip(online.parameters(), target.parameters()):
-                p_t.mul_(m).add_(p_o.detach(), alpha=1 - m)
-            for b_o, b_t in zip(online.buffers(), target.buffers()):
-                b_t.copy_(b_o)
+        m = cosine_to_one(self.config.momentum, progress) if self.config.momentum_cos else self.config.momentum
+        ema_update(self.backbone, self.key_backbone, m)
+        ema_update(self.projector, self.key_projector, m)
 
 
 @hookimpl
