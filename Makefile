@@ -7,7 +7,6 @@ BIN := $(VENV)/bin
 
 $(BIN)/bench: pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -q --upgrade pip
 	$(BIN)/pip install --disable-pip-version-check -q -e '.[test]'
 	touch $(BIN)/bench
 

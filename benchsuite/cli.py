@@ -51,7 +51,7 @@ def parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a grid of attacks x defenses x targets x seeds")
     run.add_argument("--attack", help="attack name(s), comma-separated (default: the preset's)")
-    run.add_argument("--defense", help="defense name(s), comma-separated (default: none)")
+    run.add_argument("--defense", help="defense name(s), comma-separated; none (w/o Defense) is always included")
     run.add_argument("--targets", help="target classes: 0,1 = two cells, 0+3 = one multi-target cell")
     run.add_argument("--seeds", help="seeds, comma-separated")
     run.add_argument("--rates", help="poison rates as fractions of the target class, comma-separated")

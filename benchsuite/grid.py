@@ -41,7 +41,9 @@ class GridRunner:
         self.run_dir = self.out / run_id(config)
         self.pipeline = Pipeline(config, registry, self.out / "cache")
         registry.get("dataset", config.dataset.name)
-        self.defenses = [self.pipeline.defense(name) for name in config.grid.defenses]
+        # the threat encoder is trained for every cell anyway, so its "w/o Defense" column always comes first
+        names = ["none", *[d for d in config.grid.defenses if d != "none"]]
+        self.defenses = [self.pipeline.defense(name) for name in names]
         for cell in cells(config):  # fail fast on bad names and targets, before any training
             self.pipeline.attack(cell.attack)
         for d in self.defenses:

@@ -101,13 +101,14 @@ def test_checkpoint_with_zero_epochs_evaluates_it(tmp_path, tiny_args):
 
 
 def test_filter_defenses_run_in_the_grid_with_table2_and_figures(tmp_path, tiny_args, capsys):
-    argv = ["run", "--defense", "none,poisoncam,patchsearch", "--no-reference", *tiny_args,
+    argv = ["run", "--defense", "poisoncam,patchsearch", "--no-reference", *tiny_args,
             "--set", "defense.poisoncam.num_masks=16", "--set", "defense.poisoncam.classifier_iterations=40",
             "--set", "defense.patchsearch.classifier_iterations=40", "--set", "defense.poisoncam.min_flip_fraction=0",
             "--set", "defense.patchsearch.min_flip_fraction=0"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "PoisonCAM" in out and "PatchSearch" in out and "Table 2" in out and "Top-20 Acc" in out
+    assert "w/o Defense" in out and "PoisonCAM" in out and "PatchSearch" in out
+    assert "Table 2" in out and "Top-20 Acc" in out
     run_dir = _run_dir(tmp_path)
     results = pd.read_csv(run_dir / "results.csv").set_index("defense")
     for defense in ("poisoncam", "patchsearch"):
