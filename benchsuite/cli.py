@@ -15,7 +15,7 @@ from benchsuite.console import console
 from benchsuite.errors import BenchError
 from benchsuite.registry import SECTIONS, get_registry
 from benchsuite.results import load_results
-from benchsuite.tables import markdown_table, rich_table, table1_frame, table2_frame
+from benchsuite.tables import markdown_table, rich_table, table1_frame, table2_frame, table_width
 
 
 def _csv(text: str) -> list[str]:
@@ -143,10 +143,10 @@ def print_tables(results, fmt: str = "rich") -> None:
                table2_frame(results))]
     from rich.console import Console
 
-    out = Console(width=max(160, console.width))
     for title, frame in tables:
         if frame is None:
             continue
+        out = Console(width=max(console.width, table_width(frame)))
         if fmt == "markdown":
             print(f"\n**{title}**\n\n{markdown_table(frame)}")
         elif fmt == "csv":

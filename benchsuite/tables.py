@@ -79,6 +79,13 @@ def grouped_frame(results: pd.DataFrame, defenses: list[str], metrics: list[tupl
     return frame
 
 
+def table_width(frame: pd.DataFrame) -> int:
+    """Characters a rich table of ``frame`` needs without wrapping a header or cell."""
+    widths = [max([len(str(group)), len(str(metric)), *(len(str(v)) for v in frame[(group, metric)])])
+              for group, metric in frame.columns]
+    return sum(widths) + 3 * len(widths) + 1
+
+
 def rich_table(frame: pd.DataFrame, title: str) -> Table:
     """Render a (group, metric)-column frame; group names head their first column."""
     table = Table(title=title, show_lines=False, header_style="bold")
