@@ -18,7 +18,7 @@ test: $(BIN)/bench
 	$(BIN)/pytest -q
 
 bench: $(BIN)/bench
-	$(BIN)/pytest -q tests/bench_speed.py --benchmark-enable --benchmark-only
+	$(BIN)/pytest -q tests/bench_speed.py tests/bench_filter.py --benchmark-enable --benchmark-only
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .benchmarks
