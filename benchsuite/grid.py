@@ -84,7 +84,7 @@ class GridRunner:
         for defense in self.defenses:
             rows += self._run_defense(defense, cell, poisoning, poison_key, threat, n_poison)
         if self.config.grid.reference:
-            clean = p.encoder(p.splits().train.images, stable_hash("clean", p._dataset_key), cell.seed,
+            clean = p.encoder(p.splits().train.images, stable_hash("clean", p.dataset_key), cell.seed,
                               label=f"pretrain clean s={cell.seed}")
             for metrics in p.evaluate(clean, cell):
                 rows.append({**self._base_row(cell, REFERENCE_DEFENSE, clean.key), **metrics,

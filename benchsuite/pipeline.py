@@ -105,14 +105,14 @@ class Pipeline:
         self.cache = StageCache(cache_root)
         self.device = resolve_device(config.device)
         self._splits: Splits | None = None
-        self._dataset_key = stable_hash("dataset", config.dataset)
+        self.dataset_key = stable_hash("dataset", config.dataset)
 
     # -- data ---------------------------------------------------------------------------------
     def splits(self) -> Splits:
         """The dataset, generated or loaded once and cached as arrays."""
         if self._splits is not None:
             return self._splits
-        key, spec = self._dataset_key, self.config.dataset
+        key, spec = self.dataset_key, self.config.dataset
         path = self.cache.dir("dataset", key) / "data.npz"
         if self.cache.is_done("dataset", key):
             with np.load(path) as d:
@@ -145,7 +145,7 @@ class Pipeline:
         for t in cell.targets:
             splits.check_target(t)
         attack = self.attack(cell.attack)
-        key = stable_hash("poison", self._dataset_key, cell.attack, attack.config, cell.targets, cell.rate, cell.seed)
+        key = stable_hash("poison", self.dataset_key, cell.attack, attack.config, cell.targets, cell.rate, cell.seed)
         path = self.cache.dir("poison", key) / "poison.npz"
         if self.cache.is_done("poison", key):
             with np.load(path) as d:
@@ -162,7 +162,7 @@ class Pipeline:
     def patched_val(self, attack_name: str, target: int, seed: int) -> PatchedSet:
         """The validation set with ``target``'s trigger on every image (cached)."""
         attack = self.attack(attack_name)
-        key = stable_hash("patched", self._dataset_key, attack_name, attack.config, target, seed)
+        key = stable_hash("patched", self.dataset_key, attack_name, attack.config, target, seed)
         path = self.cache.dir("patched", key) / "patched.npz"
         if self.cache.is_done("patched", key):
             with np.load(path) as d:
@@ -225,11 +225,11 @@ class Pipeline:
             return json.loads(path.read_text())
         splits = self.splits()
         n_cls = splits.train.num_classes
-        train_f = self.features(encoder, splits.train.images, "train", self._dataset_key)
-        val_f = self.features(encoder, splits.val.images, "val", self._dataset_key)
+        train_f = self.features(encoder, splits.train.images, "train", self.dataset_key)
+        val_f = self.features(encoder, splits.val.images, "val", self.dataset_key)
         patched = {t: self.patched_val(cell.attack, t, cell.seed) for t in cell.targets}
         patched_f = {t: self.features(encoder, p.images, f"patched-{cell.attack}-{t}-{cell.seed}",
-                                      stable_hash(self._dataset_key, self.config.attack.get(cell.attack)))
+                                      stable_hash(self.dataset_key, self.config.attack.get(cell.attack)))
                      for t, p in patched.items()}
         per_seed = []
         for probe_seed in self.config.probe.seeds:
