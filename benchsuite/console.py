@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -12,7 +12,7 @@ console = Console(stderr=True)
 
 
 @contextmanager
-def progress_bar(description: str, total: int, start: int = 0) -> Iterator[callable]:
+def progress_bar(description: str, total: int, start: int = 0) -> Iterator[Callable[..., None]]:
     """A rich progress bar; yields ``advance(n=1, **fields)``. Hidden when not a terminal."""
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()]
