@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
 from benchsuite.data import ImageDataset
 from benchsuite.errors import BenchError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from benchsuite.ssl.base import SSLMethod
 
 
 @dataclass
@@ -67,7 +72,7 @@ class Attack:
         raise NotImplementedError
 
 
-DefenseKind = Literal["none", "filter", "training", "model"]
+DefenseKind = Literal["none", "filter", "training", "model", "composed"]
 
 
 @dataclass
@@ -80,13 +85,27 @@ class Detection:
     extras: dict[str, Any] = field(default_factory=dict)  # anything else worth keeping (small)
 
 
+@dataclass
+class Verdict:
+    """What a model defense says of one encoder."""
+
+    trojaned: bool
+    anomaly_index: float  # the statistic behind the verdict (SSL-Cleanse: MAD anomaly index)
+    flagged: int | None = None  # the flagged cluster or class, if any
+    extras: dict[str, Any] = field(default_factory=dict)  # small, JSON-able
+
+
 class Defense:
     """A defense of one kind.
 
     - ``none``: evaluate the encoder trained on the poisoned set as it is;
     - ``filter``: ``detect(ctx)`` returns a :class:`Detection`; the suite retrains on the kept images;
-    - ``training``: changes SSL pretraining (``wrap_method``) and trains on the poisoned set;
-    - ``model``: inspects (and may repair) the trained encoder.
+    - ``training``: ``wrap_method(method)`` changes SSL pretraining, which runs on the poisoned set;
+    - ``model``: ``inspect(ctx)`` gives a :class:`Verdict` on a trained encoder and
+      ``mitigate(ctx, verdict)`` may return a repaired backbone.
+
+    ``filter+training`` pairs compose (:class:`ComposedDefense`): filter, then retrain with the
+    training-time defense on the kept images.
     """
 
     name: ClassVar[str]
@@ -98,4 +117,30 @@ class Defense:
         self.config = config if config is not None else self.Config()
 
     def detect(self, ctx: Any) -> Detection:
-        raise NotImplementedError
+        raise NotImplementedError(f"defense {self.name} ({self.kind}) does not detect poisons")
+
+    def wrap_method(self, method: SSLMethod) -> SSLMethod:
+        raise NotImplementedError(f"defense {self.name} ({self.kind}) does not change pretraining")
+
+    def inspect(self, ctx: Any) -> Verdict:
+        raise NotImplementedError(f"defense {self.name} ({self.kind}) does not inspect encoders")
+
+    def mitigate(self, ctx: Any, verdict: Verdict) -> nn.Module | None:
+        """A repaired copy of ``ctx.encoder``, or None to keep the encoder as it is."""
+        return None
+
+
+class ComposedDefense(Defense):
+    """A filter defense followed by a training-time defense on the images it keeps."""
+
+    kind = "composed"
+
+    def __init__(self, filter_defense: Defense, training_defense: Defense) -> None:
+        if filter_defense.kind != "filter" or training_defense.kind != "training":
+            raise BenchError(f"cannot compose {filter_defense.name}+{training_defense.name}: a composed defense "
+                             f"is a filter then a training-time defense, got {filter_defense.kind} then "
+                             f"{training_defense.kind}")
+        self.filter = filter_defense
+        self.training = training_defense
+        self.name = f"{filter_defense.name}+{training_defense.name}"  # type: ignore[misc]
+        self.config = (filter_defense.config, training_defense.config)

@@ -21,9 +21,35 @@ import numpy as np
 from benchsuite.checkpoint import save_json
 
 
+def added_field(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A config field added after caches were made: left out of cache keys while it has its default.
+
+    So adding an option to a config dataclass does not invalidate every cached encoder.
+    """
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={"keyed_if_set": True})
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory()  # type: ignore[misc]
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    """``dataclasses.asdict`` without the added fields that still hold their default."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _fields(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (f.metadata.get("keyed_if_set") and getattr(obj, f.name) == _field_default(f))}
+    if isinstance(obj, dict):
+        return {k: _fields(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_fields(v) for v in obj)
+    return obj
+
+
 def _canonical(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {"__type__": type(obj).__name__, **_canonical(dataclasses.asdict(obj))}
+        return {"__type__": type(obj).__name__, **_canonical(_fields(obj))}
     if isinstance(obj, dict):
         return {str(k): _canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
     if isinstance(obj, (list, tuple)):

@@ -11,7 +11,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchsuite.api import Attack, Defense, Detection, PatchedSet, Poisoning, config_from_options
+from benchsuite.api import (
+    Attack,
+    ComposedDefense,
+    Defense,
+    Detection,
+    PatchedSet,
+    Poisoning,
+    Verdict,
+    config_from_options,
+)
 from benchsuite.backbones import timm_backbone
 from benchsuite.cache import StageCache, stable_hash
 from benchsuite.checkpoint import atomic_write, load_into, save_json, save_tensors
@@ -185,14 +194,21 @@ class Pipeline:
         cls = self.registry.get("ssl", spec.method)
         return cls(backbone, config_from_options(cls.Config, spec.method_options, f"ssl method {spec.method}"))
 
-    def encoder(self, images: np.ndarray, data_key: str, seed: int, label: str) -> Encoder:
-        """Pretrain (or resume, or load) the SSL encoder on ``images``."""
+    def encoder(self, images: np.ndarray, data_key: str, seed: int, label: str,
+                training: Defense | None = None) -> Encoder:
+        """Pretrain (or resume, or load) the SSL encoder on ``images``.
+
+        ``training`` is a training-time defense that wraps the SSL method (i-CutMix).
+        """
         start = self.config.ssl.checkpoint
         start_hash = file_digest(Path(start)) if start else None
-        key = stable_hash("pretrain", data_key, self.config.ssl, self.config.train, seed, start_hash)
+        defended = () if training is None else (training.name, training.config)
+        key = stable_hash("pretrain", data_key, self.config.ssl, self.config.train, seed, start_hash, *defended)
         workdir = self.cache.dir("pretrain", key)
         torch.manual_seed(seed)
         method = self.build_method()
+        if training is not None:
+            method = training.wrap_method(method)
         if start:
             load_into(method.backbone, Path(start))
         if self.cache.is_done("pretrain", key):
@@ -252,6 +268,13 @@ class Pipeline:
 
     # -- defenses -----------------------------------------------------------------------------
     def defense(self, name: str) -> Defense:
+        """A defense by name; ``filter+training`` (e.g. ``patchsearch+icutmix``) composes two."""
+        if "+" in name:
+            parts = name.split("+")
+            if len(parts) != 2:
+                raise BenchError(f"defense {name!r}: compose exactly two defenses, a filter and a training-time "
+                                 "one, e.g. patchsearch+icutmix")
+            return ComposedDefense(self.defense(parts[0]), self.defense(parts[1]))
         cls = self.registry.get("defense", name)
         return cls(config_from_options(cls.Config, self.config.defense.get(name, {}), f"defense {name}"))
 
@@ -281,3 +304,46 @@ class Pipeline:
             save_json(workdir / "extras.json", detection.extras)
             self.cache.mark_done("detect", key, {"defense": defense.name, "removed": int(remove.sum())})
         return Detection(scores, remove, windows, {**detection.extras, "workdir": str(workdir)})
+
+    # -- model defenses -----------------------------------------------------------------------
+    def model_context(self, defense: Defense, encoder: Encoder, seed: int, workdir: Path) -> DefenseContext:
+        """A model defense sees the encoder and the defender's own data: the clean training images."""
+        splits = self.splits()
+        feats = self.features(encoder, splits.train.images, "train", self.dataset_key)
+        return DefenseContext(splits.train.images, encoder.backbone, feats, splits.train.num_classes, seed,
+                              self.device, workdir)
+
+    def inspect(self, defense: Defense, encoder: Encoder, seed: int) -> tuple[Verdict, Path]:
+        """Run a model defense's detector on one encoder (cached); returns the verdict and its folder."""
+        key = stable_hash("inspect", defense.name, defense.config, encoder.key, self.dataset_key, seed)
+        workdir = self.cache.dir("inspect", key)
+        path = workdir / "verdict.json"
+        if self.cache.is_done("inspect", key):
+            return Verdict(**json.loads(path.read_text())), workdir
+        with self.cache.lock("inspect", key):
+            verdict = defense.inspect(self.model_context(defense, encoder, seed, workdir))
+            save_json(path, {"trojaned": bool(verdict.trojaned), "anomaly_index": float(verdict.anomaly_index),
+                             "flagged": None if verdict.flagged is None else int(verdict.flagged),
+                             "extras": verdict.extras})
+            self.cache.mark_done("inspect", key, {"defense": defense.name, "encoder": encoder.key})
+        return verdict, workdir
+
+    def mitigate(self, defense: Defense, encoder: Encoder, verdict: Verdict, seed: int) -> Encoder:
+        """The model defense's repaired encoder (cached), or ``encoder`` itself when it repairs nothing."""
+        key = stable_hash("mitigate", defense.name, defense.config, encoder.key, self.dataset_key, seed)
+        workdir = self.cache.dir("mitigate", key)
+        method = self.build_method()
+        if self.cache.is_done("mitigate", key):
+            if not (workdir / "encoder.safetensors").is_file():
+                return encoder
+            load_into(method.backbone, workdir / "encoder.safetensors")
+            return Encoder(key, method.backbone)
+        with self.cache.lock("mitigate", key):
+            repaired = defense.mitigate(self.model_context(defense, encoder, seed, workdir), verdict)
+            if repaired is None:
+                self.cache.mark_done("mitigate", key, {"defense": defense.name, "repaired": False})
+                return encoder
+            save_tensors(workdir / "encoder.safetensors", repaired.state_dict())
+            self.cache.mark_done("mitigate", key, {"defense": defense.name, "repaired": True})
+        load_into(method.backbone, workdir / "encoder.safetensors")
+        return Encoder(key, method.backbone)

@@ -16,7 +16,8 @@ COLUMNS = [
     "dataset", "preset", "attack", "targets", "target", "rate", "seed", "defense",
     "clean_acc", "clean_asr", "clean_fp", "patched_acc", "patched_asr", "patched_fp",
     "n_train", "n_poison", "removed", "recall", "precision",
-    "top5_acc", "top10_acc", "top20_acc", "top50_acc", "top100_acc", "top500_acc", "iou", "catch_rate", "figures",
+    "top5_acc", "top10_acc", "top20_acc", "top50_acc", "top100_acc", "top500_acc", "iou", "catch_rate",
+    "trojaned", "anomaly_index", "flagged", "clean_trojaned", "clean_anomaly_index", "figures",
     "ssl", "backbone", "epochs", "probe", "label_fraction", "encoder_key",
 ]
 

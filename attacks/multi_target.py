@@ -1,0 +1,8 @@
+"""Under construction in this session: registers nothing yet."""
+
+from benchsuite.hookspecs import hookimpl
+
+
+@hookimpl
+def benchsuite_attacks() -> list:
+    return []

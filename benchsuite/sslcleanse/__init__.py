@@ -1,0 +1,1 @@
+"""SSL-Cleanse: encoder-level backdoor detection and mitigation (ECCV 2024)."""
