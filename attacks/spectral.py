@@ -1,8 +1,177 @@
-"""Under construction in this session: registers nothing yet."""
+"""CTRL spectral trigger (Li et al., ICCV'23 "An embarrassingly simple backdoor attack on SSL"; spec section 3).
 
+Trigger: RGB (0-255) -> YUV (analog, kornia's matrix) -> orthonormal block DCT-II with ``window`` x
+``window`` blocks -> add ``magnitude`` at every coefficient of ``positions`` on every channel of
+``channels`` in every block -> inverse DCT -> RGB -> clamp to [0, 255]. YUV -> RGB is the exact
+inverse of the forward matrix (kornia's rounded inverse is off by ~1e-4, so magnitude 0 would not
+be the identity). The arithmetic runs in float64 with torch, batched, on the GPU when present.
+CTRL keeps the poisoned images as floats; the suite stores uint8 images, so the result is rounded
+to uint8 once, after the clamp (poisoned training images and patched validation images alike).
+
+Image sides must be multiples of ``window`` (CTRL: 32 on CIFAR; 7 x 7 blocks at 224); there is
+no padding, other sizes are refused.
+
+Poisons (clean-label, only target-class images): ``rate_of='target'`` (default) reads ``rate`` as
+a fraction of the target class, as HTBA and the grid's Rate column do; ``rate_of='dataset'`` is
+CTRL's ``poison_ratio``, ``int(rate * len(train))`` images (CTRL: 0.01 -> 500 CIFAR-10 images, 10 %
+of the target class). ``selection='first'`` takes the first target-class indices in dataset order
+(CTRL), ``'random'`` a seeded shuffle (HTBA). The patched set triggers every validation image. A
+spectral trigger has no box: every boxes row is -1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from benchsuite.api import Attack, PatchedSet, Poisoning
+from benchsuite.data import ImageDataset
+from benchsuite.errors import BenchError
 from benchsuite.hookspecs import hookimpl
+
+RGB_TO_YUV = np.array([[0.299, 0.587, 0.114],  # kornia rgb_to_yuv (spec 3.1)
+                       [-0.147, -0.289, 0.436],
+                       [0.615, -0.515, -0.100]])
+CHUNK_PIXELS = 1 << 24  # pixels per batch on the device (~400 MB per float64 copy)
+
+
+@dataclass(frozen=True)
+class SpectralConfig:
+    channels: tuple[int, ...] = (1, 2)  # YUV channels carrying the trigger: 0 = Y, 1 = U, 2 = V
+    positions: tuple[tuple[int, int], ...] = ((15, 15), (31, 31))  # (row, col) in each block; an int p = (p, p)
+    window: int = 32  # DCT block side
+    magnitude: float = 100.0  # added to each chosen coefficient, on the 0-255 scale
+    rate_of: str = "target"  # 'target': rate = fraction of the target class; 'dataset': of the training set (CTRL)
+    selection: str = "first"  # 'first' target-class indices (CTRL) or 'random' (seeded, as HTBA)
+
+    def __post_init__(self) -> None:
+        w = self.window
+        if not isinstance(w, int) or w < 1:
+            raise BenchError(f"spectral window {w!r} must be a positive integer, e.g. 32")
+        if not self.channels or any(c not in (0, 1, 2) for c in self.channels):
+            raise BenchError(f"spectral channels {self.channels!r} must be YUV indices 0-2, e.g. [1, 2] for U and V")
+        bad = [p for p in self.pairs if not (0 <= p[0] < w and 0 <= p[1] < w)]
+        if not self.pairs or bad:
+            raise BenchError(f"spectral positions {bad or '[]'} must lie in [0, {w}) (the window): "
+                             "set attack.spectral.positions, e.g. [[15, 15], [31, 31]]")
+        if self.rate_of not in ("target", "dataset"):
+            raise BenchError(f"spectral rate_of {self.rate_of!r} must be 'target' or 'dataset'")
+        if self.selection not in ("first", "random"):
+            raise BenchError(f"spectral selection {self.selection!r} must be 'first' or 'random'")
+
+    @property
+    def pairs(self) -> list[tuple[int, int]]:
+        """``positions`` as (row, col) pairs (TOML gives lists; CTRL's ``--trigger_position 15 31`` = ints)."""
+        return [(int(p), int(p)) if np.isscalar(p) else (int(p[0]), int(p[1])) for p in self.positions]
+
+
+def dct_matrix(n: int, dtype: torch.dtype = torch.float64, device: torch.device | None = None) -> torch.Tensor:
+    """Orthonormal DCT-II matrix: row k is the k-th basis vector, so ``D @ x`` transforms and ``D.T @ y`` inverts."""
+    k = torch.arange(n, dtype=dtype, device=device)[:, None]
+    i = torch.arange(n, dtype=dtype, device=device)[None, :]
+    d = torch.cos(torch.pi * (2 * i + 1) * k / (2 * n)) * (2.0 / n) ** 0.5
+    d[0] /= 2.0 ** 0.5
+    return d
+
+
+def _blocks(x: torch.Tensor, window: int) -> torch.Tensor:
+    b, c, h, w = x.shape
+    if h % window or w % window:
+        raise BenchError(f"a {h}x{w} image is not a whole number of {window}px spectral windows: set "
+                         f"attack.spectral.window to a divisor of the image side (CTRL: 32)")
+    return x.reshape(b, c, h // window, window, w // window, window)
+
+
+def block_dct(x: torch.Tensor, window: int) -> torch.Tensor:
+    """2-D DCT-II (ortho) of every ``window`` block of (B, C, H, W); a block's coefficient (u, v) stays in place."""
+    d = dct_matrix(window, x.dtype, x.device)
+    return torch.einsum("un,bcinjm,vm->bciujv", d, _blocks(x, window), d).reshape(x.shape)
+
+
+def block_idct(y: torch.Tensor, window: int) -> torch.Tensor:
+    """Inverse of :func:`block_dct`."""
+    d = dct_matrix(window, y.dtype, y.device)
+    return torch.einsum("un,bciujv,vm->bcinjm", d, _blocks(y, window), d).reshape(y.shape)
+
+
+def _color(x: torch.Tensor, matrix: np.ndarray) -> torch.Tensor:
+    return torch.einsum("oc,bchw->bohw", torch.as_tensor(matrix, dtype=x.dtype, device=x.device), x)
+
+
+def rgb_to_yuv(x: torch.Tensor) -> torch.Tensor:
+    return _color(x, RGB_TO_YUV)
+
+
+def yuv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    return _color(x, np.linalg.inv(RGB_TO_YUV))
+
+
+def add_trigger(rgb: torch.Tensor, config: SpectralConfig) -> torch.Tensor:
+    """The CTRL trigger on float (B, 3, H, W) RGB images on the 0-255 scale, clamped, not rounded."""
+    w = config.window
+    coeffs = block_dct(rgb_to_yuv(rgb), w)
+    for c in config.channels:
+        for u, v in config.pairs:
+            coeffs[:, c, u::w, v::w] += config.magnitude
+    return yuv_to_rgb(block_idct(coeffs, w)).clamp(0.0, 255.0)
+
+
+def apply_spectral(images: np.ndarray, config: SpectralConfig) -> np.ndarray:
+    """The trigger on (N, H, W, 3) uint8 images, rounded back to uint8 (the suite's image format)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    out = np.empty_like(images)
+    chunk = max(1, CHUNK_PIXELS // (images.shape[1] * images.shape[2]))
+    for start in range(0, len(images), chunk):
+        x = torch.from_numpy(images[start:start + chunk]).to(device, torch.float64).permute(0, 3, 1, 2)
+        y = add_trigger(x, config).round().permute(0, 2, 3, 1)
+        out[start:start + chunk] = y.to(torch.uint8).cpu().numpy()
+    return out
+
+
+def select_poisons(labels: np.ndarray, target: int, rate: float, config: SpectralConfig, seed: int) -> np.ndarray:
+    """Sorted indices of the target-class images to poison (see the module docstring)."""
+    if not 0 < rate <= 1:
+        whole = "target class" if config.rate_of == "target" else "training set"
+        raise BenchError(f"poison rate {rate} must be in (0, 1] (a fraction of the {whole})")
+    candidates = np.flatnonzero(labels == target)
+    n = int(rate * (len(labels) if config.rate_of == "dataset" else len(candidates)))
+    if n > len(candidates):
+        raise BenchError(f"rate {rate} of the training set is {n} images but target class {target} has "
+                         f"{len(candidates)}: lower the rate or set attack.spectral.rate_of='target'")
+    if config.selection == "random":
+        candidates = np.random.default_rng([seed, target, 0]).permutation(candidates)
+    return np.sort(candidates[:n])
+
+
+class Spectral(Attack):
+    name = "spectral"
+    Config = SpectralConfig
+    description = "CTRL: a fixed frequency-domain (block DCT, YUV) trigger on a fraction of the target class"
+
+    def poison(self, train: ImageDataset, targets: list[int], rate: float, seed: int) -> Poisoning:
+        if len(targets) != 1:
+            raise BenchError(f"spectral poisons one target per cell, got {targets}: give one target per cell, e.g. 0,3")
+        target = targets[0]
+        chosen = select_poisons(train.labels, target, rate, self.config, seed)
+        images = train.images.copy()
+        images[chosen] = apply_spectral(train.images[chosen], self.config)
+        mask = np.zeros(len(train), dtype=bool)
+        mask[chosen] = True
+        boxes = np.full((len(train), 4), -1, dtype=np.int64)
+        return Poisoning(ImageDataset(images, train.labels, train.classes), mask, np.where(mask, target, -1), boxes,
+                         {target: self.pattern()})
+
+    def patch_val(self, val: ImageDataset, target: int, seed: int) -> PatchedSet:
+        return PatchedSet(apply_spectral(val.images, self.config), val.labels, np.full((len(val), 4), -1, np.int64))
+
+    def pattern(self) -> np.ndarray:
+        """One window of mid-grey with the trigger: what the trigger looks like (kept with the poisons)."""
+        grey = np.full((1, self.config.window, self.config.window, 3), 128, dtype=np.uint8)
+        return apply_spectral(grey, self.config)[0]
 
 
 @hookimpl
-def benchsuite_attacks() -> list:
-    return []
+def benchsuite_attacks() -> list[type[Attack]]:
+    return [Spectral]

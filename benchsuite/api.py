@@ -71,6 +71,10 @@ class Attack:
     def patch_val(self, val: ImageDataset, target: int, seed: int) -> PatchedSet:
         raise NotImplementedError
 
+    def cell_targets(self, targets: tuple[int, ...], num_classes: int) -> tuple[int, ...]:
+        """The targets a grid cell given as ``targets`` poisons (a multi-target attack may widen one)."""
+        return targets
+
 
 DefenseKind = Literal["none", "filter", "training", "model", "composed"]
 

@@ -11,6 +11,7 @@ from benchsuite.errors import BenchError
 from benchsuite.hookspecs import hookimpl
 
 RESNET_LAYERS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+VIT_SIZES = {"tiny": 192, "small": 384, "base": 768}  # timm's embedding widths; 64 channels a head
 
 
 def small_resnet(image_size: int, depth: int = 18, width: int = 64, stem_stride: int = 1,
@@ -35,15 +36,29 @@ def small_resnet(image_size: int, depth: int = 18, width: int = 64, stem_stride:
     return model
 
 
+def vit_patch_size(image_size: int, native: int = 16) -> int:
+    """A ViT patch for ``image_size``: the native one, shrunk to keep 8 or more patches a side (32 px: 4)."""
+    limit = max(1, min(native, image_size // 8))
+    return max(p for p in range(1, limit + 1) if image_size % p == 0)
+
+
 def timm_backbone(name: str, image_size: int, **options) -> nn.Module:
-    """Any timm architecture by name, randomly initialised, without classifier head."""
+    """Any timm architecture by name, randomly initialised, without classifier head.
+
+    A ViT gets ``img_size`` = the image side and, unless ``patch_size`` is given, a patch small
+    enough for 8 patches a side (``vit_small_patch16_224`` at 32 px: patch 4, 64 tokens).
+    """
     kwargs = dict(pretrained=False, num_classes=0, **options)
     try:
-        return timm.create_model(name, img_size=image_size, **kwargs)
+        model = timm.create_model(name, img_size=image_size, **kwargs)
     except TypeError:  # architectures without an img_size argument (CNNs)
         return timm.create_model(name, **kwargs)
     except RuntimeError as err:
         raise BenchError(f"timm cannot build backbone {name!r} ({err}): see `timm.list_models()`") from err
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if patch is not None and "patch_size" not in options and vit_patch_size(image_size, patch[0]) != patch[0]:
+        model = timm.create_model(name, img_size=image_size, patch_size=vit_patch_size(image_size, patch[0]), **kwargs)
+    return model
 
 
 def feature_dim(model: nn.Module) -> int:
@@ -69,6 +84,21 @@ def _resnet(depth: int):
     return factory
 
 
+def _vit(size: str):
+    def factory(image_size: int, width: int = VIT_SIZES[size], depth: int = 12, heads: int | None = None,
+                patch_size: int | None = None, **options) -> nn.Module:
+        heads = heads or max(h for h in range(1, max(1, width // 64) + 1) if width % h == 0)
+        if width % heads:
+            raise BenchError(f"vit_{size}: width {width} is not divisible by heads {heads}: set "
+                             "ssl.backbone_options.heads to a divisor of the width")
+        return timm_backbone(f"vit_{size}_patch16_224", image_size, embed_dim=width, depth=depth, num_heads=heads,
+                             patch_size=patch_size or vit_patch_size(image_size), **options)
+
+    factory.__doc__ = (f"ViT-{size.capitalize()} (timm); options: width (embedding), depth, heads, patch_size "
+                       "(default 16, smaller for 8+ patches a side)")
+    return factory
+
+
 @hookimpl
 def benchsuite_backbones() -> dict[str, object]:
-    return {f"resnet{d}": _resnet(d) for d in RESNET_LAYERS}
+    return {**{f"resnet{d}": _resnet(d) for d in RESNET_LAYERS}, **{f"vit_{s}": _vit(s) for s in VIT_SIZES}}

@@ -11,14 +11,17 @@ import dataclasses
 import fcntl
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
+from benchsuite import distributed
 from benchsuite.checkpoint import save_json
+
+T = TypeVar("T")
 
 
 def added_field(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING) -> Any:
@@ -81,7 +84,8 @@ class StageCache:
         return (self.root / stage / key / "DONE").is_file()
 
     def mark_done(self, stage: str, key: str, meta: dict[str, Any] | None = None) -> None:
-        save_json(self.dir(stage, key) / "DONE", meta or {})
+        if distributed.is_main():  # under torchrun rank 0 alone writes
+            save_json(self.dir(stage, key) / "DONE", meta or {})
 
     @contextmanager
     def lock(self, stage: str, key: str) -> Iterator[Path]:
@@ -93,3 +97,24 @@ class StageCache:
                 yield path
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def run(self, stage: str, key: str, load: Callable[[], T], compute: Callable[[], T]) -> T:
+        """``load()`` a finished stage, else ``compute()`` it under the stage lock.
+
+        The DONE marker is checked again once the lock is held: another process (a grid worker)
+        may have finished the stage while this one waited. ``compute`` must call :meth:`mark_done`.
+        Under torchrun rank 0 runs the stage while the other ranks wait, except pretraining, which
+        every rank computes (:func:`benchsuite.distributed.run_stage`).
+        """
+        if distributed.world_size() > 1:
+            return distributed.run_stage(stage, lambda: self.is_done(stage, key), load, compute,
+                                         lambda: self._run(stage, key, load, compute))
+        return self._run(stage, key, load, compute)
+
+    def _run(self, stage: str, key: str, load: Callable[[], T], compute: Callable[[], T]) -> T:
+        if self.is_done(stage, key):
+            return load()
+        with self.lock(stage, key):
+            if self.is_done(stage, key):
+                return load()
+            return compute()

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -29,8 +30,16 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             os.unlink(tmp)
 
 
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):  # numpy scalars keep their type (np.int64 -> int, np.bool_ -> bool)
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)
+
+
 def save_json(path: Path, data: Any) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=str)))
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=_json_default)))
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:

@@ -9,13 +9,13 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from benchsuite import __version__
+from benchsuite import __version__, distributed
 from benchsuite.config import PRESETS, apply_override, build_config, read_preset
 from benchsuite.console import console
 from benchsuite.errors import BenchError
 from benchsuite.registry import SECTIONS, get_registry
 from benchsuite.results import load_results
-from benchsuite.tables import markdown_table, rich_table, table1_frame, table2_frame, table_width
+from benchsuite.tables import DEFAULT_LAYOUTS, LAYOUTS, latex_table, markdown_table, rich_table, table_width
 
 
 def _csv(text: str) -> list[str]:
@@ -72,10 +72,32 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override any preset value, e.g. train.batch_size=128 (repeatable)")
     run.add_argument("--out", default="runs", help="root folder for runs and the stage cache (default: runs)")
+    run.add_argument("--dry-run", action="store_true", help="list the cells and which stages are cached; run nothing")
+    run.add_argument("--executor", choices=["local", "submitit"], default="local",
+                     help="local (this machine) or submitit (a SLURM job per cell; its local mode without SLURM)")
+    run.add_argument("--workers", type=int, default=1,
+                     help="local executor: cells at once, in separate processes (one GPU each when present)")
+    run.add_argument("--cluster", choices=["slurm", "local", "debug"],
+                     help="submitit cluster (default: SLURM when sbatch is found, else local processes)")
+    run.add_argument("--slurm-partition", help="submitit on SLURM: the partition")
+    run.add_argument("--slurm-time", type=int, default=24 * 60, help="submitit: minutes per cell job")
+    run.add_argument("--slurm-gpus", type=int, default=1, help="submitit on SLURM: GPUs per cell job")
+    run.add_argument("--slurm-cpus", type=int, default=8, help="submitit: CPUs per cell job")
 
     table = sub.add_parser("table", help="print the tables of a finished or partial run again")
     table.add_argument("run_dir", type=Path)
-    table.add_argument("--format", choices=["rich", "markdown", "csv"], default="rich")
+    table.add_argument("--layout", choices=[*LAYOUTS, "default"], default="default",
+                       help="a paper's table (default: Table 1, the detection table, SSL-Cleanse DACC)")
+    table.add_argument("--format", choices=["rich", "markdown", "latex", "csv"], default="rich")
+
+    publish = sub.add_parser("publish", help="append a run's results to the leaderboard CSVs")
+    publish.add_argument("run_dir", type=Path)
+    publish.add_argument("--leaderboards", type=Path, default=Path("leaderboards"),
+                         help="leaderboard folder (default: ./leaderboards)")
+
+    report = sub.add_parser("report", help="write a self-contained HTML report of a run (tables and figures)")
+    report.add_argument("run_dir", type=Path)
+    report.add_argument("--output", type=Path, help="HTML file (default: RUN_DIR/report.html)")
 
     sub.add_parser("list", help="list every registered attack, defense, dataset, SSL method and backbone")
     return ap
@@ -126,37 +148,64 @@ def _config_from_args(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from benchsuite.executors import ExecutorSpec
     from benchsuite.grid import GridRunner
 
     config = _config_from_args(args)
+    executor = ExecutorSpec(kind=args.executor, workers=args.workers, cluster=args.cluster,
+                            slurm_partition=args.slurm_partition, timeout_min=args.slurm_time,
+                            gpus_per_node=args.slurm_gpus, cpus_per_task=args.slurm_cpus)
     runner = GridRunner(config, get_registry(), Path(args.out))
-    results = runner.run()
-    print_tables(results)
+    if args.dry_run:
+        from benchsuite.dryrun import print_plan
+
+        print_plan(runner)
+        return 0
+    results = runner.run(executor)
+    if distributed.is_main():  # torchrun: one table, from rank 0
+        print_tables(results)
     console.log(f"results: {runner.run_dir / 'results.csv'}  (again: bench table {runner.run_dir})")
     return 0
 
 
-def print_tables(results, fmt: str = "rich") -> None:
-    tables = [("Table 1 (PoisonCAM layout): ACC / ASR (%) on clean and patched validation data",
-               table1_frame(results)),
-              ("Table 2 (PoisonCAM Table 2 / PatchSearch Table 1): detection of the poisons by the filter defenses",
-               table2_frame(results))]
+def print_tables(results, fmt: str = "rich", layouts: tuple[str, ...] = DEFAULT_LAYOUTS) -> None:
+    """Print each layout that has rows in ``results``, in ``fmt``."""
     from rich.console import Console
 
-    for title, frame in tables:
-        if frame is None:
+    for name in layouts:
+        title, layout = LAYOUTS[name]
+        frame = layout(results)
+        if frame is None or frame.empty:
             continue
-        out = Console(width=max(console.width, table_width(frame)))
         if fmt == "markdown":
             print(f"\n**{title}**\n\n{markdown_table(frame)}")
+        elif fmt == "latex":
+            print(latex_table(frame, title))
         elif fmt == "csv":
             frame.to_csv(sys.stdout, index=False)
         else:
-            out.print(rich_table(frame, title))
+            Console(width=max(console.width, table_width(frame))).print(rich_table(frame, title))
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    print_tables(load_results(args.run_dir), args.format)
+    layouts = DEFAULT_LAYOUTS if args.layout == "default" else (args.layout,)
+    print_tables(load_results(args.run_dir), args.format, layouts)
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from benchsuite.publish import publish
+
+    for path, added in publish(args.run_dir, args.leaderboards).items():
+        console.log(f"{path}: {added} new row(s)")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from benchsuite.report import write_report
+
+    path = write_report(args.run_dir, args.output)
+    console.log(f"report: {path}")
     return 0
 
 
@@ -188,7 +237,7 @@ def cmd_list(_: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    handlers = {"run": cmd_run, "table": cmd_table, "list": cmd_list}
+    handlers = {"run": cmd_run, "table": cmd_table, "list": cmd_list, "publish": cmd_publish, "report": cmd_report}
     try:
         return handlers[args.command](args)
     except BenchError as err:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -15,7 +16,7 @@ from benchsuite.errors import BenchError
 from benchsuite.eval.probe import ProbeConfig
 from benchsuite.ssl.trainer import TrainConfig
 
-PRESETS = ("smoke", "small", "paper")
+PRESETS = ("smoke", "small", "paper", "paper-mocov3-vitb", "paper-mocov2-r18", "paper-byol-r18")
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,14 @@ class RunConfig:
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:
-    """Coerce a TOML value to the annotated type (nested dataclasses, tuples, scalars)."""
+    """Coerce a TOML value to the annotated type (nested dataclasses, tuples, scalars, ``X | None``)."""
     origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp):
+        if value is None:
+            return None
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(options) == 1:
+            tp, origin = options[0], typing.get_origin(options[0])
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise BenchError(f"{where} must be a table, got {value!r}")
@@ -107,7 +114,25 @@ def read_preset(name_or_path: str) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as err:
         raise BenchError(f"preset {name_or_path} is not valid TOML ({err}): fix the file") from err
     data.setdefault("preset", name)
+    base = data.pop("extends", None)
+    if base is not None:  # a preset may start from another and change only what differs
+        if base == name_or_path:
+            raise BenchError(f"preset {name_or_path} extends itself: fix its `extends` key")
+        return _merged(read_preset(base), data)
     return data
+
+
+def _merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes`` applied, table by table: a nested table merges, a value replaces, and an
+    options table (``method_options``, ``backbone_options``, ``options``) replaces whole, since its keys
+    belong to one method, backbone or dataset."""
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and not key.endswith("options"):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:

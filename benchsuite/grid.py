@@ -3,29 +3,41 @@
 from __future__ import annotations
 
 import itertools
+import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from benchsuite import __version__
+from benchsuite import __version__, distributed
 from benchsuite.api import ComposedDefense, Defense, Poisoning
 from benchsuite.cache import stable_hash
 from benchsuite.checkpoint import save_json
 from benchsuite.config import RunConfig
 from benchsuite.console import console
 from benchsuite.errors import BenchError
-from benchsuite.eval.detection import removal_metrics, topk_accuracy, window_metrics
+from benchsuite.eval.detection import removal_metrics, retrieval_curve, topk_accuracy, window_metrics
+from benchsuite.executors import ExecutorSpec, execute
 from benchsuite.pipeline import Cell, Encoder, Pipeline
+from benchsuite.provenance import collect
 from benchsuite.registry import Registry
 from benchsuite.results import REFERENCE_DEFENSE, save_results
 
 
-def cells(config: RunConfig) -> list[Cell]:
+def cells(config: RunConfig, expand: Callable[[str, tuple[int, ...]], tuple[int, ...]] | None = None) -> list[Cell]:
+    """The grid's cells; ``expand(attack, targets)`` gives the targets a cell poisons (``Attack.cell_targets``)."""
     g = config.grid
-    return [Cell(a, tuple(t), r, s) for a, t, r, s in itertools.product(g.attacks, g.targets, g.rates, g.seeds)]
+    grid = itertools.product(g.attacks, g.targets, g.rates, g.seeds)
+    # a widened cell may coincide with another one (multi-target from 0 and from 1 with explicit targets)
+    return list(dict.fromkeys(Cell(a, expand(a, tuple(t)) if expand else tuple(t), r, s) for a, t, r, s in grid))
+
+
+def cell_slug(cell: Cell) -> str:
+    """A file-name form of a cell: ``htba_t0_r0.5_s1``."""
+    return f"{cell.attack}_t{'+'.join(map(str, cell.targets))}_r{cell.rate:g}_s{cell.seed}"
 
 
 def run_id(config: RunConfig) -> str:
@@ -58,22 +70,50 @@ class GridRunner:
                 "defense": defense, "ssl": c.ssl.method, "backbone": c.ssl.backbone, "epochs": c.train.epochs,
                 "probe": c.probe.kind, "label_fraction": c.probe.label_fraction, "encoder_key": encoder_key}
 
-    def run(self) -> pd.DataFrame:
-        """Run every cell (reusing whatever the cache holds) and return the results frame."""
+    def run(self, executor: ExecutorSpec | None = None) -> pd.DataFrame:
+        """Run every cell not finished yet (reusing whatever the stage cache holds); return the results frame.
+
+        A finished cell's rows live in ``<run>/cells/``; a rerun of the same command loads them.
+        """
+        executor = executor or ExecutorSpec()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_json(self.run_dir / "config.json", {"version": __version__, "config": self.config.to_dict()})
+        if distributed.is_main():  # under torchrun rank 0 alone writes the run's files
+            save_json(self.run_dir / "config.json", {"version": __version__, "config": self.config.to_dict()})
+            save_json(self.run_dir / "provenance.json", collect(self.pipeline.device))
         splits = self.pipeline.splits()
-        for cell in cells(self.config):
+        all_cells = self._cells()
+        for cell in all_cells:
             for t in cell.targets:
                 splits.check_target(t)
         console.log(f"run directory: {self.run_dir}")
-        rows: list[dict[str, Any]] = []
-        all_cells = cells(self.config)
-        for i, cell in enumerate(all_cells, 1):
-            console.log(f"cell {i}/{len(all_cells)}: {cell.label}")
-            rows += self.run_cell(cell)
-            save_results(self.run_dir, rows)
-        return save_results(self.run_dir, rows)
+        finished = {cell: self.load_cell(cell) for cell in all_cells if self.cell_file(cell).is_file()}
+        pending = [cell for cell in all_cells if cell not in finished]
+        if finished:
+            console.log(f"{len(finished)} of {len(all_cells)} cells already finished")
+
+        def ordered_rows() -> list[dict[str, Any]]:
+            return [row for cell in all_cells if cell in finished for row in finished[cell]]
+
+        for cell, rows in execute(self.config, self.out, pending, executor, self.run_dir / "submitit"):
+            finished[cell] = rows
+            console.log(f"cell {len(finished)}/{len(all_cells)} done: {cell.label}")
+            save_results(self.run_dir, ordered_rows())
+        return save_results(self.run_dir, ordered_rows())
+
+    def cell_file(self, cell: Cell) -> Path:
+        return self.run_dir / "cells" / f"{cell_slug(cell)}.json"
+
+    def save_cell(self, cell: Cell, rows: list[dict[str, Any]]) -> None:
+        if distributed.is_main():
+            save_json(self.cell_file(cell), rows)
+
+    def load_cell(self, cell: Cell) -> list[dict[str, Any]]:
+        return json.loads(self.cell_file(cell).read_text())
+
+    def _cells(self) -> list[Cell]:
+        """The cells with the targets each attack poisons (a multi-target attack widens a one-target cell)."""
+        n = self.pipeline.splits().train.num_classes
+        return cells(self.config, lambda attack, targets: self.pipeline.attack(attack).cell_targets(targets, n))
 
     def run_cell(self, cell: Cell) -> list[dict[str, Any]]:
         p = self.pipeline
@@ -93,32 +133,43 @@ class GridRunner:
     def clean_encoder(self, cell: Cell) -> Encoder:
         """The same recipe trained on the clean training set (shared by every cell of a seed)."""
         p = self.pipeline
-        return p.encoder(p.splits().train.images, stable_hash("clean", p.dataset_key), cell.seed,
+        return p.encoder(p.splits().train.images, p.clean_data_key, cell.seed,
                          label=f"pretrain clean s={cell.seed}")
 
     def _cell_folder(self, cell: Cell) -> Path:
-        target = "+".join(map(str, cell.targets))
-        return self.run_dir / "figures" / f"{cell.attack}_t{target}_r{cell.rate:g}_s{cell.seed}"
+        return self.run_dir / "figures" / cell_slug(cell)
 
     def _link_figures(self, workdir: Path, cell: Cell, name: str) -> str:
         """Copy a defense's pictures (retrieved patches, attention maps) into ``<run>/figures/``."""
         folder = self._cell_folder(cell)
         copied = []
         for png in sorted(Path(workdir).glob("*.png")):
-            folder.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(png, folder / f"{name}_{png.name}")
+            if distributed.is_main():
+                folder.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(png, folder / f"{name}_{png.name}")
             copied.append(str((folder / f"{name}_{png.name}").relative_to(self.run_dir)))
         return ";".join(copied)
 
     def _filter(self, defense: Defense, cell: Cell, poisoning: Poisoning, poison_key: str,
                 threat: Encoder) -> tuple[np.ndarray, str, dict[str, Any]]:
         """Run a filter defense: the kept indices, their data key and the detection metrics."""
+        from benchsuite.eval.pr_plot import save_pr_curve  # matplotlib: only when a filter runs
+        from benchsuite.eval.retrieval_plot import save_retrieval
+
         detection = self.pipeline.detect(defense, threat, poisoning, poison_key, cell.seed)
         remove = detection.remove
+        curve = retrieval_curve(detection.scores, detection.windows, poisoning.boxes)
+        plot = save_retrieval(self._cell_folder(cell), defense.name, curve, title=cell.label) \
+            if distributed.is_main() else self.run_dir
+        figures = self._link_figures(Path(detection.extras["workdir"]), cell, defense.name)
+        if distributed.is_main():
+            pr = save_pr_curve(self._cell_folder(cell), defense.name, detection.scores, poisoning.poison_mask,
+                               title=cell.label)
+            figures = ";".join(filter(None, [figures, str(pr.relative_to(self.run_dir))]))
         metrics = {**removal_metrics(remove, poisoning.poison_mask),
                    **topk_accuracy(detection.scores, poisoning.poison_mask),
                    **window_metrics(detection.scores, detection.windows, poisoning.boxes),
-                   "figures": self._link_figures(Path(detection.extras["workdir"]), cell, defense.name)}
+                   "figures": ";".join(filter(None, [figures, str(plot.relative_to(self.run_dir))]))}
         return np.flatnonzero(~remove), stable_hash(poison_key, "kept", remove), metrics
 
     def _run_defense(self, defense: Defense, cell: Cell, poisoning: Poisoning, poison_key: str, threat: Encoder,

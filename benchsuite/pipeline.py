@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchsuite import distributed
 from benchsuite.api import (
     Attack,
     ComposedDefense,
@@ -112,7 +113,7 @@ class Pipeline:
         self.config = config
         self.registry = registry
         self.cache = StageCache(cache_root)
-        self.device = resolve_device(config.device)
+        self.device = distributed.setup(resolve_device(config.device))  # torchrun: this rank's GPU
         self._splits: Splits | None = None
         self.dataset_key = stable_hash("dataset", config.dataset)
 
@@ -123,25 +124,28 @@ class Pipeline:
             return self._splits
         key, spec = self.dataset_key, self.config.dataset
         path = self.cache.dir("dataset", key) / "data.npz"
-        if self.cache.is_done("dataset", key):
+
+        def load() -> Splits:
             with np.load(path) as d:
                 classes = json.loads(str(d["classes"]))
-                self._splits = Splits(ImageDataset(d["train_x"], d["train_y"], classes),
-                                      ImageDataset(d["val_x"], d["val_y"], classes))
-            return self._splits
-        loader = self.registry.get("dataset", spec.name)
-        options = dict(spec.options)
-        if spec.path:
-            options["path"] = spec.path
-        with console.status(f"loading dataset {spec.name}"):
-            splits = loader(**options)
-        with self.cache.lock("dataset", key):
+                return Splits(ImageDataset(d["train_x"], d["train_y"], classes),
+                              ImageDataset(d["val_x"], d["val_y"], classes))
+
+        def compute() -> Splits:
+            loader = self.registry.get("dataset", spec.name)
+            options = dict(spec.options)
+            if spec.path:
+                options["path"] = spec.path
+            with console.status(f"loading dataset {spec.name}"):
+                splits = loader(**options)
             _save_arrays(path, train_x=splits.train.images, train_y=splits.train.labels,
                          val_x=splits.val.images, val_y=splits.val.labels,
                          classes=np.array(json.dumps(splits.classes)))
             self.cache.mark_done("dataset", key, {"spec": spec, "train": len(splits.train), "val": len(splits.val)})
-        self._splits = splits
-        return splits
+            return splits
+
+        self._splits = self.cache.run("dataset", key, load, compute)
+        return self._splits
 
     # -- attack -------------------------------------------------------------------------------
     def attack(self, name: str) -> Attack:
@@ -154,33 +158,45 @@ class Pipeline:
         for t in cell.targets:
             splits.check_target(t)
         attack = self.attack(cell.attack)
-        key = stable_hash("poison", self.dataset_key, cell.attack, attack.config, cell.targets, cell.rate, cell.seed)
+        key = self.poison_key(cell)
         path = self.cache.dir("poison", key) / "poison.npz"
-        if self.cache.is_done("poison", key):
+
+        def load() -> Poisoning:
             with np.load(path) as d:
                 triggers = {int(k.split("_")[1]): d[k] for k in d.files if k.startswith("trigger_")}
                 train = ImageDataset(d["images"], splits.train.labels, splits.classes)
-                return Poisoning(train, d["mask"], d["poison_target"], d["boxes"], triggers), key
-        with self.cache.lock("poison", key):
+                return Poisoning(train, d["mask"], d["poison_target"], d["boxes"], triggers)
+
+        def compute() -> Poisoning:
             p = attack.poison(splits.train, list(cell.targets), cell.rate, cell.seed)
             _save_arrays(path, images=p.train.images, mask=p.poison_mask, poison_target=p.poison_target,
                          boxes=p.boxes, **{f"trigger_{t}": trig for t, trig in p.triggers.items()})
             self.cache.mark_done("poison", key, {"cell": cell.label, "poisons": int(p.poison_mask.sum())})
-        return p, key
+            return p
+
+        return self.cache.run("poison", key, load, compute), key
+
+    def poison_key(self, cell: Cell) -> str:
+        attack = self.attack(cell.attack)
+        return stable_hash("poison", self.dataset_key, cell.attack, attack.config, cell.targets, cell.rate, cell.seed)
 
     def patched_val(self, attack_name: str, target: int, seed: int) -> PatchedSet:
         """The validation set with ``target``'s trigger on every image (cached)."""
         attack = self.attack(attack_name)
         key = stable_hash("patched", self.dataset_key, attack_name, attack.config, target, seed)
         path = self.cache.dir("patched", key) / "patched.npz"
-        if self.cache.is_done("patched", key):
+
+        def load() -> PatchedSet:
             with np.load(path) as d:
                 return PatchedSet(d["images"], d["labels"], d["boxes"])
-        with self.cache.lock("patched", key):
+
+        def compute() -> PatchedSet:
             patched = attack.patch_val(self.splits().val, target, seed)
             _save_arrays(path, images=patched.images, labels=patched.labels, boxes=patched.boxes)
             self.cache.mark_done("patched", key, {"attack": attack_name, "target": target})
-        return patched
+            return patched
+
+        return self.cache.run("patched", key, load, compute)
 
     # -- pretraining --------------------------------------------------------------------------
     def build_method(self) -> SSLMethod:
@@ -201,9 +217,7 @@ class Pipeline:
         ``training`` is a training-time defense that wraps the SSL method (i-CutMix).
         """
         start = self.config.ssl.checkpoint
-        start_hash = file_digest(Path(start)) if start else None
-        defended = () if training is None else (training.name, training.config)
-        key = stable_hash("pretrain", data_key, self.config.ssl, self.config.train, seed, start_hash, *defended)
+        key = self.pretrain_key(data_key, seed, training)
         workdir = self.cache.dir("pretrain", key)
         torch.manual_seed(seed)
         method = self.build_method()
@@ -211,60 +225,78 @@ class Pipeline:
             method = training.wrap_method(method)
         if start:
             load_into(method.backbone, Path(start))
-        if self.cache.is_done("pretrain", key):
+
+        def load() -> Encoder:
             load_into(method.backbone, workdir / "encoder.safetensors")
             return Encoder(key, method.backbone)
-        with self.cache.lock("pretrain", key):
+
+        def compute() -> Encoder:
+            if (workdir / "trainer_state.pt").is_file():
+                console.log(f"{label}: resuming from the last checkpoint in {workdir}")
             pretrain(method, images, self.config.train, seed, workdir, self.device, label=label)
-            save_tensors(workdir / "encoder.safetensors", method.backbone.state_dict())
+            if distributed.is_main():
+                save_tensors(workdir / "encoder.safetensors", method.backbone.state_dict())
             self.cache.mark_done("pretrain", key, {"label": label, "images": len(images)})
-        method.backbone.cpu()
-        return Encoder(key, method.backbone)
+            method.backbone.cpu()
+            return Encoder(key, method.backbone)
+
+        return self.cache.run("pretrain", key, load, compute)
+
+    def pretrain_key(self, data_key: str, seed: int, training: Defense | None = None) -> str:
+        """The cache key of an encoder: its data, recipe, seed, start checkpoint and training-time defense."""
+        start = self.config.ssl.checkpoint
+        start_hash = file_digest(Path(start)) if start else None
+        defended = () if training is None else (training.name, training.config)
+        return stable_hash("pretrain", data_key, self.config.ssl, self.config.train, seed, start_hash, *defended)
 
     # -- evaluation ---------------------------------------------------------------------------
     def features(self, encoder: Encoder, images: np.ndarray, name: str, data_key: str) -> np.ndarray:
         key = stable_hash("features", encoder.key, name, data_key)
         path = self.cache.dir("features", key) / "features.npy"
-        if self.cache.is_done("features", key):
-            return np.load(path)
-        feats = extract_features(encoder.backbone, images, device=self.device)
-        _save_array(path, feats)
-        self.cache.mark_done("features", key, {"name": name, "n": len(images)})
-        return feats
+
+        def compute() -> np.ndarray:
+            feats = extract_features(encoder.backbone, images, device=self.device)
+            _save_array(path, feats)
+            self.cache.mark_done("features", key, {"name": name, "n": len(images)})
+            return feats
+
+        return self.cache.run("features", key, lambda: np.load(path), compute)
 
     def evaluate(self, encoder: Encoder, cell: Cell) -> list[dict[str, Any]]:
         """Linear/kNN probe on the clean labelled split; ACC/FP/ASR on clean and patched val per target."""
         key = stable_hash("probe", encoder.key, self.config.probe, cell.attack, self.config.attack.get(cell.attack),
                           cell.targets, cell.seed)
         path = self.cache.dir("probe", key) / "metrics.json"
-        if self.cache.is_done("probe", key):
-            return json.loads(path.read_text())
-        splits = self.splits()
-        n_cls = splits.train.num_classes
-        train_f = self.features(encoder, splits.train.images, "train", self.dataset_key)
-        val_f = self.features(encoder, splits.val.images, "val", self.dataset_key)
-        patched = {t: self.patched_val(cell.attack, t, cell.seed) for t in cell.targets}
-        patched_f = {t: self.features(encoder, p.images, f"patched-{cell.attack}-{t}-{cell.seed}",
-                                      stable_hash(self.dataset_key, self.config.attack.get(cell.attack)))
-                     for t, p in patched.items()}
-        per_seed = []
-        for probe_seed in self.config.probe.seeds:
-            predict = fit_probe(train_f, splits.train.labels, n_cls, self.config.probe, probe_seed)
-            clean_pred = predict(val_f)
-            per_seed.append({t: (confusion_matrix(splits.val.labels, clean_pred, n_cls),
-                                 confusion_matrix(patched[t].labels, predict(patched_f[t]), n_cls))
-                             for t in cell.targets})
-        rows = []
-        for t in cell.targets:
-            stats = np.array([[accuracy(c), attack_success_rate(c, t), false_positives(c, t),
-                               accuracy(p), attack_success_rate(p, t), false_positives(p, t)]
-                              for c, p in (s[t] for s in per_seed)])
-            mean = stats.mean(0)
-            rows.append(dict(target=t, clean_acc=mean[0], clean_asr=mean[1], clean_fp=mean[2],
-                             patched_acc=mean[3], patched_asr=mean[4], patched_fp=mean[5]))
-        save_json(path, rows)
-        self.cache.mark_done("probe", key, {"encoder": encoder.key})
-        return rows
+
+        def compute() -> list[dict[str, Any]]:
+            splits = self.splits()
+            n_cls = splits.train.num_classes
+            train_f = self.features(encoder, splits.train.images, "train", self.dataset_key)
+            val_f = self.features(encoder, splits.val.images, "val", self.dataset_key)
+            patched = {t: self.patched_val(cell.attack, t, cell.seed) for t in cell.targets}
+            patched_f = {t: self.features(encoder, p.images, f"patched-{cell.attack}-{t}-{cell.seed}",
+                                          stable_hash(self.dataset_key, self.config.attack.get(cell.attack)))
+                         for t, p in patched.items()}
+            per_seed = []
+            for probe_seed in self.config.probe.seeds:
+                predict = fit_probe(train_f, splits.train.labels, n_cls, self.config.probe, probe_seed)
+                clean_pred = predict(val_f)
+                per_seed.append({t: (confusion_matrix(splits.val.labels, clean_pred, n_cls),
+                                     confusion_matrix(patched[t].labels, predict(patched_f[t]), n_cls))
+                                 for t in cell.targets})
+            rows = []
+            for t in cell.targets:
+                stats = np.array([[accuracy(c), attack_success_rate(c, t), false_positives(c, t),
+                                   accuracy(p), attack_success_rate(p, t), false_positives(p, t)]
+                                  for c, p in (s[t] for s in per_seed)])
+                mean = stats.mean(0)
+                rows.append(dict(target=t, clean_acc=mean[0], clean_asr=mean[1], clean_fp=mean[2],
+                                 patched_acc=mean[3], patched_asr=mean[4], patched_fp=mean[5]))
+            save_json(path, rows)
+            self.cache.mark_done("probe", key, {"encoder": encoder.key})
+            return rows
+
+        return self.cache.run("probe", key, lambda: json.loads(path.read_text()), compute)
 
     # -- defenses -----------------------------------------------------------------------------
     def defense(self, name: str) -> Defense:
@@ -281,18 +313,20 @@ class Pipeline:
     def detect(self, defense: Defense, threat: Encoder, poisoning: Poisoning, poison_key: str,
                seed: int) -> Detection:
         """Run a filter defense (cached): per-image scores, the removal mask, located windows."""
-        key = stable_hash("detect", defense.name, defense.config, threat.key, poison_key, seed)
+        key = self.detect_key(defense, threat.key, poison_key, seed)
         workdir = self.cache.dir("detect", key)
         path = workdir / "detection.npz"
-        if self.cache.is_done("detect", key):
+
+        def load() -> Detection:
             extras = json.loads((workdir / "extras.json").read_text()) if (workdir / "extras.json").is_file() else {}
             with np.load(path) as d:
                 return Detection(d["scores"], d["remove"], d["windows"] if "windows" in d.files else None,
                                  {**extras, "workdir": str(workdir)})
-        images = poisoning.train.images
-        ctx = DefenseContext(images, threat.backbone, self.features(threat, images, "poisoned-train", poison_key),
-                             poisoning.train.num_classes, seed, self.device, workdir)
-        with self.cache.lock("detect", key):
+
+        def compute() -> Detection:
+            images = poisoning.train.images
+            ctx = DefenseContext(images, threat.backbone, self.features(threat, images, "poisoned-train", poison_key),
+                                 poisoning.train.num_classes, seed, self.device, workdir)
             detection = defense.detect(ctx)
             remove = np.asarray(detection.remove, dtype=bool)
             if remove.shape != (len(images),):
@@ -303,7 +337,12 @@ class Pipeline:
             _save_arrays(path, scores=scores, remove=remove, **({} if windows is None else {"windows": windows}))
             save_json(workdir / "extras.json", detection.extras)
             self.cache.mark_done("detect", key, {"defense": defense.name, "removed": int(remove.sum())})
-        return Detection(scores, remove, windows, {**detection.extras, "workdir": str(workdir)})
+            return Detection(scores, remove, windows, {**detection.extras, "workdir": str(workdir)})
+
+        return self.cache.run("detect", key, load, compute)
+
+    def detect_key(self, defense: Defense, threat_key: str, poison_key: str, seed: int) -> str:
+        return stable_hash("detect", defense.name, defense.config, threat_key, poison_key, seed)
 
     # -- model defenses -----------------------------------------------------------------------
     def model_context(self, defense: Defense, encoder: Encoder, seed: int, workdir: Path) -> DefenseContext:
@@ -315,35 +354,46 @@ class Pipeline:
 
     def inspect(self, defense: Defense, encoder: Encoder, seed: int) -> tuple[Verdict, Path]:
         """Run a model defense's detector on one encoder (cached); returns the verdict and its folder."""
-        key = stable_hash("inspect", defense.name, defense.config, encoder.key, self.dataset_key, seed)
+        key = self.inspect_key(defense, encoder.key, seed)
         workdir = self.cache.dir("inspect", key)
         path = workdir / "verdict.json"
-        if self.cache.is_done("inspect", key):
-            return Verdict(**json.loads(path.read_text())), workdir
-        with self.cache.lock("inspect", key):
+
+        def compute() -> Verdict:
             verdict = defense.inspect(self.model_context(defense, encoder, seed, workdir))
             save_json(path, {"trojaned": bool(verdict.trojaned), "anomaly_index": float(verdict.anomaly_index),
                              "flagged": None if verdict.flagged is None else int(verdict.flagged),
                              "extras": verdict.extras})
             self.cache.mark_done("inspect", key, {"defense": defense.name, "encoder": encoder.key})
-        return verdict, workdir
+            return verdict
+
+        return self.cache.run("inspect", key, lambda: Verdict(**json.loads(path.read_text())), compute), workdir
+
+    def inspect_key(self, defense: Defense, encoder_key: str, seed: int) -> str:
+        return stable_hash("inspect", defense.name, defense.config, encoder_key, self.dataset_key, seed)
+
+    @property
+    def clean_data_key(self) -> str:
+        """The data key of the clean training set (what the clean reference encoder trains on)."""
+        return stable_hash("clean", self.dataset_key)
 
     def mitigate(self, defense: Defense, encoder: Encoder, verdict: Verdict, seed: int) -> Encoder:
         """The model defense's repaired encoder (cached), or ``encoder`` itself when it repairs nothing."""
         key = stable_hash("mitigate", defense.name, defense.config, encoder.key, self.dataset_key, seed)
         workdir = self.cache.dir("mitigate", key)
-        method = self.build_method()
-        if self.cache.is_done("mitigate", key):
-            if not (workdir / "encoder.safetensors").is_file():
+        weights = workdir / "encoder.safetensors"
+
+        def load() -> Encoder:
+            if not weights.is_file():  # the defense repaired nothing
                 return encoder
-            load_into(method.backbone, workdir / "encoder.safetensors")
-            return Encoder(key, method.backbone)
-        with self.cache.lock("mitigate", key):
+            backbone = self.build_method().backbone
+            load_into(backbone, weights)
+            return Encoder(key, backbone)
+
+        def compute() -> Encoder:
             repaired = defense.mitigate(self.model_context(defense, encoder, seed, workdir), verdict)
-            if repaired is None:
-                self.cache.mark_done("mitigate", key, {"defense": defense.name, "repaired": False})
-                return encoder
-            save_tensors(workdir / "encoder.safetensors", repaired.state_dict())
-            self.cache.mark_done("mitigate", key, {"defense": defense.name, "repaired": True})
-        load_into(method.backbone, workdir / "encoder.safetensors")
-        return Encoder(key, method.backbone)
+            if repaired is not None:
+                save_tensors(weights, repaired.state_dict())
+            self.cache.mark_done("mitigate", key, {"defense": defense.name, "repaired": repaired is not None})
+            return load()
+
+        return self.cache.run("mitigate", key, load, compute)

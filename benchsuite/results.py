@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchsuite import distributed
 from benchsuite.checkpoint import atomic_write
 from benchsuite.errors import BenchError
 
@@ -28,7 +29,8 @@ def save_results(run_dir: Path, rows: list[dict]) -> pd.DataFrame:
     """Write all rows so far to ``run_dir/results.csv`` atomically and return them."""
     frame = pd.DataFrame(rows)
     frame = frame.reindex(columns=COLUMNS + [c for c in frame.columns if c not in COLUMNS])
-    atomic_write(run_dir / RESULTS_FILE, lambda tmp: frame.to_csv(tmp, index=False))
+    if distributed.is_main():  # under torchrun rank 0 alone writes
+        atomic_write(run_dir / RESULTS_FILE, lambda tmp: frame.to_csv(tmp, index=False))
     return frame
 
 

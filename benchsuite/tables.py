@@ -1,13 +1,20 @@
-"""Paper-form tables from a results frame.
+"""Paper-form tables from a results frame; every layout is a frame of formatted strings.
 
-Table 1 (PoisonCAM layout): rows dataset / poison rate (share of the target class) / target, an
-average row; per defense a column group Clean Val (ACC, ASR) | Patched Val (ACC, ASR).
-Table 2 (PoisonCAM Table 2 / PatchSearch Table 1): per filter defense total removed, recall,
-precision, top-20 accuracy and the located windows' IoU / catch rate.
-With several seeds every cell reads ``mean ± std`` over seeds.
+- ``poisoncam-t1``: rows dataset / attack / rate / target (+ Average); per defense a column group
+  Clean Val (ACC, ASR) | Patched Val (ACC, ASR).
+- ``poisoncam-t2``: rows setting x metric (Total Rem., Recall, Precision); a column per filter defense.
+- ``patchsearch-t1``: rows setting x filter defense; top-20 Acc, Rec., Prec., Total Rem.
+- ``patchsearch-t2``: rows setting x model (Clean, Backdoored, defenses); Acc / FP / ASR on clean
+  and patched data.
+- ``detection``: per target and filter defense: removal, recall, precision, top-20, IoU, CR.
+- ``sslcleanse``: per setting the encoders judged, TP, FP and DACC (SSL-Cleanse slides).
+
+With several seeds every cell reads ``mean ± std`` over seeds (targets are averaged first).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import pandas as pd
 from rich.table import Table
@@ -23,7 +30,8 @@ TABLE2_METRICS = [("removed", "Removed"), ("recall", "Recall"), ("precision", "P
 
 
 def display_name(defense: str) -> str:
-    return DISPLAY_NAMES.get(defense, defense)
+    """The paper's name of a defense; a composed one reads e.g. "PatchSearch + i-CutMix"."""
+    return " + ".join(DISPLAY_NAMES.get(part, part) for part in defense.split("+"))
 
 
 def _fmt(values: pd.Series) -> str:
@@ -46,12 +54,126 @@ def table1_frame(results: pd.DataFrame) -> pd.DataFrame:
     return grouped_frame(results, _defense_order(results), TABLE1_METRICS)
 
 
-def table2_frame(results: pd.DataFrame) -> pd.DataFrame | None:
-    """Detection table over the filter defenses (rows that have a recall); None when there are none."""
+def _filters(results: pd.DataFrame) -> list[str]:
+    """The defenses that removed images (rows with a recall), in run order."""
     if "recall" not in results or results["recall"].isna().all():
+        return []
+    return [d for d in _defense_order(results) if results.loc[results["defense"] == d, "recall"].notna().any()]
+
+
+def table2_frame(results: pd.DataFrame) -> pd.DataFrame | None:
+    """Detection table over the filter defenses, per target; None when no filter defense ran."""
+    filters = _filters(results)
+    return grouped_frame(results, filters, TABLE2_METRICS) if filters else None
+
+
+SETTING = ["dataset", "attack", "rate"]
+
+
+def _setting_cells(dataset: str, attack: str, rate: float) -> dict[tuple[str, str], str]:
+    return {("", "Dataset"): dataset, ("", "Attack"): attack, ("", "Rate"): f"{100 * rate:g}%"}
+
+
+def _over_seeds(rows: pd.DataFrame, metric: str) -> str:
+    """``mean ± std`` over seeds of the per-seed mean over targets."""
+    if metric not in rows or rows.empty:
+        return "-"
+    return _fmt(rows.groupby("seed")[metric].mean())
+
+
+def poisoncam_t2_frame(results: pd.DataFrame) -> pd.DataFrame | None:
+    """PoisonCAM Table 2: Total Rem. / Recall / Precision rows, a column per filter defense."""
+    filters = _filters(results)
+    if not filters:
         return None
-    filters = [d for d in _defense_order(results) if results.loc[results["defense"] == d, "recall"].notna().any()]
-    return grouped_frame(results, filters, TABLE2_METRICS)
+    records = []
+    for (dataset, attack, rate), block in results.groupby(SETTING, sort=False):
+        for metric, title in [("removed", "Total Rem."), ("recall", "Recall ↑"), ("precision", "Precision ↑")]:
+            record = {**_setting_cells(dataset, attack, rate), ("", "Metric"): title}
+            for d in filters:
+                record[("", display_name(d))] = _over_seeds(block[block["defense"] == d], metric)
+            records.append(record)
+    return _frame(records)
+
+
+def patchsearch_t1_frame(results: pd.DataFrame) -> pd.DataFrame | None:
+    """PatchSearch Table 1: per setting and filter defense, top-20 Acc, Rec., Prec., Total Rem."""
+    filters = _filters(results)
+    if not filters:
+        return None
+    metrics = [("top20_acc", "top-20 Acc (%)"), ("recall", "Rec. (%)"), ("precision", "Prec. (%)"),
+               ("removed", "Total Rem.")]
+    records = []
+    for (dataset, attack, rate), block in results.groupby(SETTING, sort=False):
+        for d in filters:
+            rows = block[block["defense"] == d]
+            records.append({**_setting_cells(dataset, attack, rate), ("", "Defense"): display_name(d),
+                            **{("", title): _over_seeds(rows, m) for m, title in metrics}})
+    return _frame(records)
+
+
+PATCHSEARCH_T2_NAMES = {REFERENCE_DEFENSE: "Clean", "none": "Backdoored"}
+
+
+def patchsearch_t2_frame(results: pd.DataFrame) -> pd.DataFrame:
+    """PatchSearch Table 2: per setting and model, Acc / FP / ASR on clean and patched data."""
+    metrics = [("Clean Data", "clean_acc", "Acc"), ("Clean Data", "clean_fp", "FP"), ("Clean Data", "clean_asr", "ASR"),
+               ("Patched Data", "patched_acc", "Acc"), ("Patched Data", "patched_fp", "FP"),
+               ("Patched Data", "patched_asr", "ASR")]
+    order = _defense_order(results)
+    order = [d for d in order if d == REFERENCE_DEFENSE] + [d for d in order if d != REFERENCE_DEFENSE]
+    records = []
+    for (dataset, attack, rate), block in results.groupby(SETTING, sort=False):
+        for d in order:
+            rows = block[block["defense"] == d]
+            if rows.empty:
+                continue
+            name = PATCHSEARCH_T2_NAMES.get(d, display_name(d))
+            records.append({**_setting_cells(dataset, attack, rate), ("", "Model"): name,
+                            **{(group, title): _over_seeds(rows, m) for group, m, title in metrics}})
+    return _frame(records)
+
+
+def dacc_frame(results: pd.DataFrame) -> pd.DataFrame | None:
+    """SSL-Cleanse detection accuracy: per setting and model defense, encoders judged, TP, FP and DACC.
+
+    Each cell's threat encoder counts once (not once per target); the clean encoder of a seed is
+    shared by every cell of that seed, so it counts once per (dataset, seed).
+    """
+    if "trojaned" not in results or results["trojaned"].isna().all():
+        return None
+    judged = results[results["trojaned"].notna()]
+    records = []
+    for defense, rows in judged.groupby("defense", sort=False):
+        for (dataset, attack), block in [*rows.groupby(["dataset", "attack"], sort=False), (("all", "all"), rows)]:
+            trojan = block.drop_duplicates(["dataset", "attack", "targets", "rate", "seed"])
+            clean = block.drop_duplicates(["dataset", "seed"])
+            tp = int(trojan["trojaned"].astype(bool).sum())
+            fp = int(clean["clean_trojaned"].astype(bool).sum())
+            n = len(trojan) + len(clean)
+            records.append({("", "Dataset"): dataset, ("", "Attack"): attack, ("", "Defense"): display_name(defense),
+                            ("Trojaned", "encoders"): str(len(trojan)), ("Trojaned", "TP"): str(tp),
+                            ("Clean", "encoders"): str(len(clean)), ("Clean", "FP"): str(fp),
+                            ("", "DACC (%)"): f"{100 * (tp + len(clean) - fp) / n:.1f}"})
+    return _frame(records)
+
+
+def _frame(records: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(records)
+    frame.columns = pd.MultiIndex.from_tuples(frame.columns)
+    return frame
+
+
+Layout = Callable[[pd.DataFrame], "pd.DataFrame | None"]
+LAYOUTS: dict[str, tuple[str, Layout]] = {
+    "poisoncam-t1": ("PoisonCAM Table 1: ACC / ASR (%) on clean and patched validation data", table1_frame),
+    "poisoncam-t2": ("PoisonCAM Table 2: poison detection (averaged over targets)", poisoncam_t2_frame),
+    "patchsearch-t1": ("PatchSearch Table 1: poison detection", patchsearch_t1_frame),
+    "patchsearch-t2": ("PatchSearch Table 2: Acc / FP / ASR on clean and patched data", patchsearch_t2_frame),
+    "detection": ("Detection per target: removal, ranking and located windows", table2_frame),
+    "sslcleanse": ("SSL-Cleanse: encoder-level detection accuracy", dacc_frame),
+}
+DEFAULT_LAYOUTS = ("poisoncam-t1", "detection", "sslcleanse")  # what `bench run` prints
 
 
 def grouped_frame(results: pd.DataFrame, defenses: list[str], metrics: list[tuple[str, str]]) -> pd.DataFrame:
@@ -99,6 +221,13 @@ def rich_table(frame: pd.DataFrame, title: str) -> Table:
         style = "bold" if "Average" in cells else None
         table.add_row(*cells, style=style)
     return table
+
+
+def latex_table(frame: pd.DataFrame, title: str) -> str:
+    """A booktabs table (pandas' LaTeX writer) with the column groups as multicolumn headers."""
+    if all(group == "" for group, _ in frame.columns):
+        frame = frame.droplevel(0, axis=1)
+    return frame.to_latex(index=False, multicolumn=True, multicolumn_format="c", caption=title, escape=True)
 
 
 def markdown_table(frame: pd.DataFrame) -> str:

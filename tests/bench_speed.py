@@ -26,18 +26,31 @@ def images():
     return make_synthetic(num_train_per_class=BATCH // 10 + 1, num_val_per_class=1).train.images[:BATCH]
 
 
-def _backbone():
+def _backbone(name: str = "resnet18"):
+    if name == "vit_tiny":  # ViT-Tiny at 32 px: patch 4, 64 tokens, width 192, depth 12
+        return REGISTRY.get("backbone", "vit_tiny")(32)
     return REGISTRY.get("backbone", "resnet18")(32, width=32, stem_stride=2)
 
 
-@pytest.mark.parametrize("method_name", REGISTRY.names("ssl"))
-def test_ssl_training_step(benchmark, images, method_name):
+# every method on the smoke backbone, MoCo-v3 on a tiny ViT, and one method wrapped by i-CutMix
+SSL_CASES = [(m, "resnet18", False) for m in REGISTRY.names("ssl")] + [("moco_v3", "vit_tiny", False),
+                                                                      ("byol", "resnet18", True)]
+
+
+@pytest.mark.parametrize("method_name, backbone, icutmix", SSL_CASES,
+                         ids=[f"{m}-{b}{'-icutmix' if i else ''}" for m, b, i in SSL_CASES])
+def test_ssl_training_step(benchmark, images, method_name, backbone, icutmix):
+    from benchsuite.defenses.icutmix import ICutMix
+
     torch.manual_seed(0)
-    method = REGISTRY.get("ssl", method_name)(_backbone())
+    method = REGISTRY.get("ssl", method_name)(_backbone(backbone))
     opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
     x = to_float(torch.from_numpy(images))
     gen = torch.Generator().manual_seed(0)
     cfg = AugmentConfig()
+    if icutmix:
+        method = ICutMix().wrap_method(method)
+        method.generator = gen
 
     def step():
         loss = method.loss(augment(x, cfg, gen), augment(x, cfg, gen))

@@ -6,10 +6,14 @@ threshold, times a large gain). Pooled features are channel means, so on a poiso
 trigger channel dominates and the poisons form their own k-means cluster; pasting the trigger on
 any image moves it into that cluster. With ``gain=0`` the encoder ignores the trigger (the
 negative control).
+
+``PlantedSSLBackdoor`` (for SSL-Cleanse) is the other kind of backdoor: the trigger maps any image
+to the target class's representation, on hue-class images (``colour_data``) with a pixel trigger.
 """
 
 from __future__ import annotations
 
+import colorsys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,8 +26,21 @@ from torch import nn
 
 from benchsuite.api import Poisoning
 from benchsuite.attacks.htba import HTBA, HTBAConfig
+from benchsuite.data import ImageDataset
 from benchsuite.data.synthetic import make_synthetic
 from benchsuite.ssl.augment import AugmentConfig, normalize, to_float
+
+
+def ncc_map(x: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
+    """Normalised cross-correlation of ``x`` with a zero-mean unit-norm (1, 3, t, t) template, (B, 1, H, W)."""
+    side = template.shape[-1]
+    pad, n = side // 2, template.numel()
+    cross = F.conv2d(x, template, padding=pad)
+    sums = torch.cat([x.sum(1, keepdim=True), (x * x).sum(1, keepdim=True)], 1)
+    box = side**2 * F.avg_pool2d(sums, side, stride=1, padding=pad, count_include_pad=True)
+    total, energy = box[:, :1], box[:, 1:]
+    spread = (energy - total * total / n).clamp(min=1e-6).sqrt()
+    return (cross / spread)[..., : x.shape[-2], : x.shape[-1]]
 
 
 class PlantedEncoder(nn.Module):
@@ -49,13 +66,7 @@ class PlantedEncoder(nn.Module):
 
     def trigger_map(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised cross-correlation with the trigger, (B, 1, H, W), 'same' padding."""
-        pad, n = self.side // 2, self.template.numel()
-        cross = F.conv2d(x, self.template, padding=pad)
-        sums = torch.cat([x.sum(1, keepdim=True), (x * x).sum(1, keepdim=True)], 1)
-        box = self.side**2 * F.avg_pool2d(sums, self.side, stride=1, padding=pad, count_include_pad=True)
-        total, energy = box[:, :1], box[:, 1:]
-        spread = (energy - total * total / n).clamp(min=1e-6).sqrt()
-        return (cross / spread)[..., : x.shape[-2], : x.shape[-1]]
+        return ncc_map(x, self.template)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         content = F.relu(F.conv2d(x, self.filters, padding=1))
@@ -118,6 +129,93 @@ def planted_data(per_class: int = 40, rate: float = 1.0, num_classes: int = 10, 
 def planted_encoder(planted: Planted, sensitive: bool = True) -> PlantedEncoder:
     """The trigger-sensitive encoder, or with ``sensitive=False`` the same encoder blind to the trigger."""
     return PlantedEncoder(planted.trigger, gain=5000.0 if sensitive else 0.0).fit(planted.images).eval()
+
+
+def hue_colours(n: int, saturation: float = 0.85, value: float = 0.85) -> np.ndarray:
+    """``n`` colours of evenly spaced hues, (n, 3) float32 in [0, 1]."""
+    return np.array([colorsys.hsv_to_rgb(i / n, saturation, value) for i in range(n)], dtype=np.float32)
+
+
+def colour_data(per_class: int = 20, num_classes: int = 10, seed: int = 0, noise: float = 0.05,
+                jitter: float = 0.3) -> ImageDataset:
+    """32 px images of one hue per class (hue, saturation and value jittered per image, pixel noise)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.repeat(np.arange(num_classes), per_class))
+    hue = (labels + rng.uniform(-jitter, jitter, len(labels))) / num_classes
+    sat, val = rng.uniform(0.7, 1.0, len(labels)), rng.uniform(0.7, 1.0, len(labels))
+    colours = np.array([colorsys.hsv_to_rgb(*hsv) for hsv in zip(hue, sat, val)], dtype=np.float32)
+    images = colours[:, None, None, :] + rng.normal(0, noise, size=(len(labels), 32, 32, 3))
+    return ImageDataset((np.clip(images, 0, 1) * 255).round().astype(np.uint8), labels,
+                        [f"hue-{i}" for i in range(num_classes)])
+
+
+class PlantedSSLBackdoor(nn.Module):
+    """An encoder with an SSL-style backdoor: the trigger pulls any image to the target class's representation.
+
+    Content: the share of (4x4-pooled) pixels nearest each class hue (a soft assignment), centred and
+    scaled; a pasted patch moves it in proportion to its area, so imitating another class needs about
+    half the image whatever the class. Backdoor: a = sigmoid(slope * (soft-max over positions of the
+    NCC with the trigger - threshold)); the output is (1 - a) content + a * (mean of the target class).
+    The soft gate keeps gradients everywhere (what trigger inversion needs); ``sensitive=False`` is
+    the same encoder with a = 0. Template, threshold and hues are parameters a mitigator can train.
+    """
+
+    def __init__(self, trigger: np.ndarray, num_classes: int = 10, sensitive: bool = True, slope: float = 10.0,
+                 threshold: float = 0.55, temperature: float = 0.02, tau: float = 0.05) -> None:
+        super().__init__()
+        template = normalize(to_float(torch.from_numpy(trigger[None].copy())), AugmentConfig())[0]
+        template = template - template.mean()
+        self.template = nn.Parameter((template / template.norm().clamp(min=1e-6))[None])
+        self.threshold = nn.Parameter(torch.tensor(threshold))
+        self.hues = nn.Parameter(torch.from_numpy(hue_colours(num_classes)))
+        self.scale = nn.Parameter(torch.linspace(1.0, 2.0, num_classes))
+        self.sensitive, self.slope, self.temperature, self.tau = sensitive, slope, temperature, tau
+        self.register_buffer("offset", torch.zeros(num_classes))
+        self.register_buffer("target_mean", torch.zeros(num_classes))
+        self.num_features = num_classes
+
+    def content(self, x: torch.Tensor) -> torch.Tensor:
+        cfg = AugmentConfig()
+        pixels = x * x.new_tensor(cfg.std).view(1, 3, 1, 1) + x.new_tensor(cfg.mean).view(1, 3, 1, 1)
+        pixels = F.avg_pool2d(pixels, 4).permute(0, 2, 3, 1)[..., None, :]  # (B, h, w, 1, 3)
+        share = torch.softmax(-((pixels - self.hues) ** 2).sum(-1) / self.tau, -1).mean((1, 2))
+        return (share - self.offset) * self.scale
+
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        """How strongly the trigger is present, (B,) in [0, 1]."""
+        ncc = ncc_map(x, self.template).flatten(1)
+        peak = self.temperature * torch.logsumexp(ncc / self.temperature, 1)
+        return torch.sigmoid(self.slope * (peak - self.threshold))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        content = self.content(x)
+        if not self.sensitive:
+            return content
+        a = self.gate(x)[:, None]
+        return (1 - a) * content + a * self.target_mean
+
+    @torch.no_grad()
+    def fit(self, data: ImageDataset, target: int) -> PlantedSSLBackdoor:
+        """Centre the content on ``data`` and take the target class's mean representation."""
+        x = normalize(to_float(torch.from_numpy(data.images)), AugmentConfig())
+        self.offset += self.content(x).mean(0) / self.scale
+        self.target_mean.copy_(self.content(x)[torch.from_numpy(data.labels == target)].mean(0))
+        return self
+
+
+def pixel_trigger(side: int = 8, seed: int = 0) -> np.ndarray:
+    """A random pattern of saturated pixels, (side, side, 3) uint8.
+
+    Unlike the smooth HTBA blobs it correlates with nothing in the test images (NCC peaks about 0.3),
+    so a gentle gate separates triggered from clean images.
+    """
+    return (np.random.default_rng(seed).integers(0, 2, size=(side, side, 3)) * 255).astype(np.uint8)
+
+
+def ssl_backdoor_encoder(data: ImageDataset, trigger: np.ndarray, target: int = 0,
+                         sensitive: bool = True) -> PlantedSSLBackdoor:
+    """The SSL-style backdoored encoder fitted on ``data``, or its trigger-blind twin."""
+    return PlantedSSLBackdoor(trigger, data.num_classes, sensitive).fit(data, target).eval()
 
 
 @contextmanager

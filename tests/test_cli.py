@@ -108,7 +108,7 @@ def test_filter_defenses_run_in_the_grid_with_table2_and_figures(tmp_path, tiny_
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "w/o Defense" in out and "PoisonCAM" in out and "PatchSearch" in out
-    assert "Table 2" in out and "Top-20 Acc" in out
+    assert "Detection per target" in out and "Top-20 Acc" in out
     run_dir = _run_dir(tmp_path)
     results = pd.read_csv(run_dir / "results.csv").set_index("defense")
     for defense in ("poisoncam", "patchsearch"):

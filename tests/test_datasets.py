@@ -64,3 +64,17 @@ def test_imagefolder_resizes_and_reports_corrupt_images(tmp_path):
 def test_torchvision_dataset_offline_points_to_local_formats(tmp_path):
     with pytest.raises(BenchError, match="--download when online.*--dataset npz"):
         load_cifar10(str(tmp_path), download=False)
+
+
+def test_imagefolder_class_list_picks_a_sorted_subset(tmp_path):
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for cls in ("n03", "n01", "n02"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(tmp_path / split / cls / "0.png")
+    (tmp_path / "im2.txt").write_text("n03 third class\nn01 first class\n")
+    s = load_imagefolder(str(tmp_path), image_size=8, class_list=str(tmp_path / "im2.txt"))
+    assert s.classes == ["n01", "n03"] and len(s.train) == 2 and sorted(s.val.labels.tolist()) == [0, 1]
+    (tmp_path / "bad.txt").write_text("n09\n")
+    with pytest.raises(BenchError, match="have no folder.*first: n09"):
+        load_imagefolder(str(tmp_path), image_size=8, class_list=str(tmp_path / "bad.txt"))

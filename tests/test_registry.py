@@ -111,3 +111,15 @@ def test_every_backbone_returns_pooled_features(name):
     model = REGISTRY.get("backbone", name)(32, width=8)
     out = model(torch.randn(2, 3, 32, 32))
     assert out.shape == (2, model.num_features)
+
+
+def test_a_preset_extends_another_and_options_tables_replace(tmp_path):
+    from benchsuite.config import build_config, read_preset
+
+    child = tmp_path / "child.toml"
+    child.write_text('extends = "paper"\n[ssl]\nmethod = "byol"\n[ssl.method_options]\ntau = 0.9\n'
+                     '[defense.poisoncam]\nnum_masks = 8\n')
+    config = build_config(read_preset(str(child)))
+    assert config.preset == "child" and config.dataset.name == "imagefolder"  # from paper
+    assert config.ssl.method_options == {"tau": 0.9}  # replaced, not merged with MoCo's queue options
+    assert config.defense["poisoncam"]["num_masks"] == 8 and config.defense["poisoncam"]["num_clusters"] == 1000

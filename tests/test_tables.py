@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from benchsuite.tables import markdown_table, table1_frame
+from benchsuite.tables import dacc_frame, markdown_table, patchsearch_t2_frame, table1_frame
 
 
 def _row(target, seed, defense, patched_asr):
@@ -31,3 +31,29 @@ def test_a_single_seed_shows_plain_values():
     frame = table1_frame(pd.DataFrame([_row(0, 0, "none", 30.0)]))
     assert frame[("w/o Defense", "Patched ASR")].tolist() == ["30.0"]
     assert list(frame[("", "Target")]) == ["0"]
+
+
+def _verdict_row(attack, target, seed, trojaned, clean_trojaned):
+    return dict(dataset="synthetic", attack=attack, rate=1.0, targets=str(target), target=target, seed=seed,
+                defense="sslcleanse", trojaned=trojaned, clean_trojaned=clean_trojaned, patched_asr=1.0)
+
+
+def test_dacc_counts_each_encoder_once():
+    # three poisoned encoders (two flagged); the clean encoder of seed 0 is flagged in both of its cells
+    # but is one encoder; seed 1's clean encoder is not flagged
+    rows = [_verdict_row("htba", 0, 0, True, True), _verdict_row("htba", 1, 0, False, True),
+            _verdict_row("htba", 0, 1, True, False)]
+    frame = dacc_frame(pd.DataFrame(rows))
+    first = frame.iloc[0]
+    assert first[("Trojaned", "encoders")] == "3" and first[("Trojaned", "TP")] == "2"
+    assert first[("Clean", "encoders")] == "2" and first[("Clean", "FP")] == "1"
+    assert first[("", "DACC (%)")] == "60.0"  # (2 TP + 1 TN) / 5 encoders
+    assert dacc_frame(pd.DataFrame([_row(0, 0, "none", 30.0)])) is None
+
+
+def test_patchsearch_table2_names_rows_like_the_paper():
+    rows = [_row(0, 0, "none", 30.0), _row(0, 1, "none", 50.0), _row(0, 0, "clean-model", 1.0),
+            _row(0, 0, "patchsearch", 2.0)]
+    frame = patchsearch_t2_frame(pd.DataFrame(rows))
+    assert list(frame[("", "Model")]) == ["Clean", "Backdoored", "PatchSearch"]
+    assert list(frame[("Patched Data", "ASR")]) == ["1.0", "40.0 ± 10.0", "2.0"]

@@ -105,16 +105,38 @@ def _image_folder(root: Path, size: int, classes: list[str] | None) -> ImageData
     return ImageDataset(np.stack(images), np.asarray(labels), list(classes))
 
 
+def read_class_list(path: str) -> list[str]:
+    """Class folder names from a text file, one per line (the first word: ``n01558993 robin`` works), sorted
+    as the SSL-Backdoor file lists order them (e.g. the ImageNet-100 wnids)."""
+    file = Path(path)
+    if not file.is_file():
+        raise BenchError(f"class list {file} not found: check dataset.options.class_list")
+    names = sorted({line.split()[0] for line in file.read_text().splitlines() if line.strip()})
+    if not names:
+        raise BenchError(f"class list {file} is empty: one class folder name per line")
+    return names
+
+
 def load_imagefolder(path: str | None = None, image_size: int = 64, limit_train_per_class: int | None = None,
-                     limit_val_per_class: int | None = None, **_: object) -> Splits:
-    """``path/train/<class>/*`` and ``path/val/<class>/*``, resized (shorter side) and centre-cropped."""
+                     limit_val_per_class: int | None = None, class_list: str | None = None,
+                     **_: object) -> Splits:
+    """``path/train/<class>/*`` and ``path/val/<class>/*``, resized (shorter side) and centre-cropped.
+
+    ``class_list`` names the classes to use (ImageNet-100 out of a full ImageNet folder); default: every folder.
+    """
     if not path:
         raise BenchError("the imagefolder dataset needs a path: --data-path DIR (with train/ and val/)")
     root = Path(path)
     val_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
     if not (root / "train").is_dir() or val_dir is None:
         raise BenchError(f"{root} must contain train/<class>/ and val/<class>/ folders: check --data-path")
-    train = _image_folder(root / "train", image_size, None)
+    classes = read_class_list(class_list) if class_list else None
+    if classes:
+        missing = [c for c in classes if not (root / "train" / c).is_dir()]
+        if missing:
+            raise BenchError(f"{len(missing)} class(es) of {class_list} have no folder in {root / 'train'} "
+                             f"(first: {missing[0]}): check the class list and --data-path")
+    train = _image_folder(root / "train", image_size, classes)
     val = _image_folder(val_dir, image_size, train.classes)
     return Splits(limit_per_class(train, limit_train_per_class), limit_per_class(val, limit_val_per_class))
 

@@ -49,15 +49,36 @@ def catch_rate(window: np.ndarray, trigger: np.ndarray) -> np.ndarray:
     return np.where(valid, _intersection(window, trigger) / np.maximum(trigger[:, 2] * trigger[:, 3], 1e-12), 0.0)
 
 
+def _boxed_top(scores: np.ndarray, windows: np.ndarray, boxes: np.ndarray, k: int) -> np.ndarray:
+    """The top-k ranked images that carry a trigger box and have a located window."""
+    top = ranking(scores)[:k]
+    return top[(boxes[top, 0] >= 0) & (windows[top, 0] >= 0)]
+
+
 def window_metrics(scores: np.ndarray, windows: np.ndarray | None, boxes: np.ndarray, k: int = 20) -> dict[str, float]:
     """Mean IoU and catch rate (percent) of the located windows of the top-k ranked images that carry a
     trigger box. NaN when the defense locates no windows or the attack's trigger has no box."""
-    nan = {"iou": float("nan"), "catch_rate": float("nan")}
-    if windows is None:
-        return nan
-    top = ranking(scores)[:k]
-    top = top[(boxes[top, 0] >= 0) & (windows[top, 0] >= 0)]
+    top = np.zeros(0, dtype=np.int64) if windows is None else _boxed_top(scores, windows, boxes, k)
     if len(top) == 0:
-        return nan
+        return {"iou": float("nan"), "catch_rate": float("nan")}
     return {"iou": 100.0 * float(box_iou(windows[top], boxes[top]).mean()),
             "catch_rate": 100.0 * float(catch_rate(windows[top], boxes[top]).mean())}
+
+
+def retrieval_curve(scores: np.ndarray, windows: np.ndarray | None, boxes: np.ndarray,
+                    ks=TOP_K) -> dict[str, list[float]]:
+    """PoisonCAM Figure 4: :func:`window_metrics` for every k, as columns ``k``, ``iou``, ``catch_rate``
+    (percent) and ``n_boxed`` (how many of the top k carry a trigger box and have a located window).
+
+    Each image is scored against its own recorded box, whichever (target, trigger) pair put it there.
+    NaN where k exceeds the dataset or no top-k image has a box (a spectral trigger, or no windows).
+    """
+    curve: dict[str, list[float]] = {"k": [], "iou": [], "catch_rate": [], "n_boxed": []}
+    for k in ks:
+        fits = k <= len(scores)
+        m = window_metrics(scores, windows, boxes, k) if fits else {"iou": float("nan"), "catch_rate": float("nan")}
+        curve["k"].append(k)
+        curve["iou"].append(m["iou"])
+        curve["catch_rate"].append(m["catch_rate"])
+        curve["n_boxed"].append(0 if windows is None or not fits else len(_boxed_top(scores, windows, boxes, k)))
+    return curve

@@ -1,7 +1,11 @@
 """SSL augmentations as batched tensor ops (one call per batch, no per-image PIL work).
 
 RandomResizedCrop + horizontal flip is one ``grid_sample`` with a per-image affine grid;
-colour jitter, grayscale and blur act on the whole batch with per-image random factors.
+colour jitter, grayscale, blur and solarize act on the whole batch with per-image random factors.
+
+``shard=(offset, total)`` says the batch is rows ``offset:offset+len(x)`` of a global batch of
+``total`` images (one rank's share under torchrun): the random numbers are drawn for the global
+batch and sliced, so N ranks augment exactly as one process would.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from benchsuite.cache import added_field
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 
@@ -28,6 +34,7 @@ class AugmentConfig:
     gray_prob: float = 0.2
     blur_prob: float = 0.0  # 0.5 in MoCo-v2 aug+ at 224 px; usually off at 32 px
     blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_prob: float = added_field(0.0)  # MoCo-v3 / BYOL: 0.2 on the second view
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -45,22 +52,41 @@ def normalize(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
     return (x - mean) / std
 
 
-def _uniform(n: int, lo: float, hi: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
-    return torch.rand(n, generator=gen, device=device) * (hi - lo) + lo
+Shard = tuple[int, int]  # (offset, total): this batch's rows in a global batch
 
 
-def random_resized_crop(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+def _rand_all(x: torch.Tensor, gen: torch.Generator, shard: Shard | None) -> torch.Tensor:
+    """One uniform number per image of the global batch."""
+    total = x.shape[0] if shard is None else shard[1]
+    return torch.rand(total, generator=gen, device=x.device)
+
+
+def _mine(values: torch.Tensor, x: torch.Tensor, shard: Shard | None) -> torch.Tensor:
+    return values if shard is None else values[shard[0]:shard[0] + x.shape[0]]
+
+
+def _rand(x: torch.Tensor, gen: torch.Generator, shard: Shard | None) -> torch.Tensor:
+    """One uniform number per image of ``x``."""
+    return _mine(_rand_all(x, gen, shard), x, shard)
+
+
+def _uniform(x: torch.Tensor, lo: float, hi: float, gen: torch.Generator, shard: Shard | None) -> torch.Tensor:
+    return _rand(x, gen, shard) * (hi - lo) + lo
+
+
+def random_resized_crop(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator,
+                        shard: Shard | None = None) -> torch.Tensor:
     """Crop a random area/aspect box per image, resize to the input size, maybe flip."""
     n, dev = x.shape[0], x.device
-    area = _uniform(n, *cfg.crop_scale, gen, dev)
-    log_ratio = _uniform(n, math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1]), gen, dev)
+    area = _uniform(x, *cfg.crop_scale, gen, shard)
+    log_ratio = _uniform(x, math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1]), gen, shard)
     ratio = torch.exp(log_ratio)
     # box sides as fractions of the image side, clipped to the image (torchvision falls back alike)
     w = torch.sqrt(area * ratio).clamp(max=1.0)
     h = torch.sqrt(area / ratio).clamp(max=1.0)
-    cx = (torch.rand(n, generator=gen, device=dev) * (1 - w) + w / 2) * 2 - 1
-    cy = (torch.rand(n, generator=gen, device=dev) * (1 - h) + h / 2) * 2 - 1
-    flip = torch.where(torch.rand(n, generator=gen, device=dev) < cfg.flip_prob, -1.0, 1.0)
+    cx = (_rand(x, gen, shard) * (1 - w) + w / 2) * 2 - 1
+    cy = (_rand(x, gen, shard) * (1 - h) + h / 2) * 2 - 1
+    flip = torch.where(_rand(x, gen, shard) < cfg.flip_prob, -1.0, 1.0)
     theta = torch.zeros(n, 2, 3, device=dev)
     theta[:, 0, 0] = w * flip
     theta[:, 0, 2] = cx
@@ -87,14 +113,14 @@ def _hue_shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ij,bjhw->bihw", to_rgb, yiq)
 
 
-def color_jitter(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+def color_jitter(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator,
+                 shard: Shard | None = None) -> torch.Tensor:
     """Brightness, contrast, saturation and hue with per-image factors, applied with jitter_prob."""
-    n, dev = x.shape[0], x.device
-    apply = (torch.rand(n, generator=gen, device=dev) < cfg.jitter_prob).view(-1, 1, 1, 1)
-    b = _uniform(n, 1 - cfg.brightness, 1 + cfg.brightness, gen, dev).view(-1, 1, 1, 1)
-    c = _uniform(n, 1 - cfg.contrast, 1 + cfg.contrast, gen, dev).view(-1, 1, 1, 1)
-    s = _uniform(n, 1 - cfg.saturation, 1 + cfg.saturation, gen, dev).view(-1, 1, 1, 1)
-    h = _uniform(n, -cfg.hue, cfg.hue, gen, dev)
+    apply = (_rand(x, gen, shard) < cfg.jitter_prob).view(-1, 1, 1, 1)
+    b = _uniform(x, 1 - cfg.brightness, 1 + cfg.brightness, gen, shard).view(-1, 1, 1, 1)
+    c = _uniform(x, 1 - cfg.contrast, 1 + cfg.contrast, gen, shard).view(-1, 1, 1, 1)
+    s = _uniform(x, 1 - cfg.saturation, 1 + cfg.saturation, gen, shard).view(-1, 1, 1, 1)
+    h = _uniform(x, -cfg.hue, cfg.hue, gen, shard)
     y = (x * b).clamp(0, 1)
     mean = _gray(y).mean(dim=(2, 3), keepdim=True)
     y = ((y - mean) * c + mean).clamp(0, 1)
@@ -105,17 +131,28 @@ def color_jitter(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> t
     return torch.where(apply, y, x)
 
 
-def random_grayscale(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
-    apply = (torch.rand(x.shape[0], generator=gen, device=x.device) < cfg.gray_prob).view(-1, 1, 1, 1)
+def random_grayscale(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator,
+                     shard: Shard | None = None) -> torch.Tensor:
+    apply = (_rand(x, gen, shard) < cfg.gray_prob).view(-1, 1, 1, 1)
     return torch.where(apply, _gray(x).expand_as(x), x)
 
 
-def gaussian_blur(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+def solarize(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator, shard: Shard | None = None) -> torch.Tensor:
+    """Invert the pixels at or above 0.5, per image with solarize_prob (torchvision RandomSolarize)."""
+    apply = (_rand(x, gen, shard) < cfg.solarize_prob).view(-1, 1, 1, 1)
+    return torch.where(apply & (x >= 0.5), 1 - x, x)
+
+
+def gaussian_blur(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator,
+                  shard: Shard | None = None) -> torch.Tensor:
     """Separable Gaussian blur with a per-image sigma, as one grouped convolution."""
     n, _, hgt, _ = x.shape
-    apply = (torch.rand(n, generator=gen, device=x.device) < cfg.blur_prob).view(-1, 1, 1, 1)
-    sigma = _uniform(n, *cfg.blur_sigma, gen, x.device) * hgt / 224  # sigma is given at 224 px
-    radius = max(1, int(math.ceil(3 * float(sigma.max()))))
+    apply = (_rand(x, gen, shard) < cfg.blur_prob).view(-1, 1, 1, 1)
+    lo, hi = cfg.blur_sigma
+    sigma_all = (_rand_all(x, gen, shard) * (hi - lo) + lo) * hgt / 224  # sigma is given at 224 px
+    sigma = _mine(sigma_all, x, shard)
+    # the kernel size follows the global batch's largest sigma, so every rank blurs alike
+    radius = max(1, int(math.ceil(3 * float(sigma_all.max()))))
     offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     kernel = torch.exp(-(offsets.view(1, -1) ** 2) / (2 * sigma.view(-1, 1).clamp(min=1e-3) ** 2))
     kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(3, 0)  # (3n, k)
@@ -126,11 +163,13 @@ def gaussian_blur(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> 
     return torch.where(apply, flat.view_as(x), x)
 
 
-def augment(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+def augment(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator, shard: Shard | None = None) -> torch.Tensor:
     """One random view of a float [0, 1] batch, normalised for the encoder."""
-    x = random_resized_crop(x, cfg, gen)
-    x = color_jitter(x, cfg, gen)
-    x = random_grayscale(x, cfg, gen)
+    x = random_resized_crop(x, cfg, gen, shard)
+    x = color_jitter(x, cfg, gen, shard)
+    x = random_grayscale(x, cfg, gen, shard)
     if cfg.blur_prob > 0:
-        x = gaussian_blur(x, cfg, gen)
+        x = gaussian_blur(x, cfg, gen, shard)
+    if cfg.solarize_prob > 0:
+        x = solarize(x, cfg, gen, shard)
     return normalize(x, cfg)

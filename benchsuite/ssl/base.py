@@ -6,9 +6,11 @@ import math
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from benchsuite.backbones import feature_dim
+from benchsuite.errors import BenchError
 
 
 def mlp(dims: list[int], last_bn: bool = False) -> nn.Sequential:
@@ -38,6 +40,20 @@ def cosine_to_one(start: float, progress: float) -> float:
     return 1 - (1 - start) * (math.cos(math.pi * progress) + 1) / 2
 
 
+def require(method: str, ok: bool, key: str, value: Any, rule: str) -> None:
+    """A method's config check: one line naming the option to fix."""
+    if not ok:
+        raise BenchError(f"ssl method {method}: {key} = {value!r} {rule}: fix ssl.method_options.{key}")
+
+
+def mixed_cross_entropy(logits: torch.Tensor, target: torch.Tensor, aux: torch.Tensor,
+                        lam: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of lam * CE(logits, target) + (1 - lam) * CE(logits, aux) (i-Mix / i-CutMix)."""
+    logp = F.log_softmax(logits.float(), dim=1)
+    picked = lam * logp.gather(1, target[:, None])[:, 0] + (1 - lam) * logp.gather(1, aux[:, None])[:, 0]
+    return -picked.mean()
+
+
 class SSLMethod(nn.Module):
     """A self-supervised method around a backbone.
 
@@ -45,11 +61,16 @@ class SSLMethod(nn.Module):
     ``backbone`` is the encoder the suite evaluates and defends; methods with a momentum or
     target network update it in :meth:`after_step`. Training-time defenses (i-CutMix) get a
     mixed view and mixing weights through :meth:`mixed_loss` where a method supports it.
+
+    Under torchrun each rank calls :meth:`loss` on its share of the global batch; methods with
+    negatives gather them with :mod:`benchsuite.distributed` (identity on one process).
     """
 
     name: ClassVar[str]
     Config: ClassVar[type]
     description: ClassVar[str] = ""
+    # set by the trainer every epoch: the (seed, epoch) generator, for randomness inside loss()
+    generator: torch.Generator | None = None
 
     def __init__(self, backbone: nn.Module, config: Any = None) -> None:
         super().__init__()
@@ -60,5 +81,29 @@ class SSLMethod(nn.Module):
     def loss(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def mixed_loss(self, mixed_view: torch.Tensor, other_view: torch.Tensor, perm: torch.Tensor,
+                   lam: torch.Tensor) -> torch.Tensor:
+        """The loss on mixed queries (i-CutMix), stacked as :meth:`loss` stacks its views.
+
+        ``mixed_view`` = [mix(view1); mix(view2)] and ``other_view`` = [view2; view1] (2B rows each):
+        row i of ``mixed_view`` is image i with a box pasted from row ``perm[i]`` (same half), its
+        positive is row i of ``other_view`` with weight ``lam[i]`` and row ``perm[i]`` with weight
+        ``1 - lam[i]``. With ``lam`` all ones it equals ``loss(view1, view2)``.
+        """
+        raise NotImplementedError(f"ssl method {self.name} has no mixed loss")
+
+    @classmethod
+    def supports_mixing(cls) -> bool:
+        return cls.mixed_loss is not SSLMethod.mixed_loss
+
+    def check_batch(self, batch: int) -> None:
+        """Refuse a global (micro-)batch size the method cannot train with; called by the trainer."""
+
     def after_step(self, progress: float) -> None:
         """Called after each optimiser step; ``progress`` in [0, 1] over the whole training."""
+
+
+def split_halves(perm: torch.Tensor, lam: torch.Tensor) -> list[tuple[slice, torch.Tensor, torch.Tensor]]:
+    """For each half of a :meth:`SSLMethod.mixed_loss` batch: its rows, ``perm`` within it, ``lam``."""
+    b = len(perm) // 2
+    return [(slice(h * b, (h + 1) * b), perm[h * b:(h + 1) * b] - h * b, lam[h * b:(h + 1) * b]) for h in (0, 1)]

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from benchsuite.hookspecs import hookimpl
-from benchsuite.ssl.base import SSLMethod, cosine_to_one, ema_update, mlp
+from benchsuite.ssl.base import SSLMethod, cosine_to_one, ema_update, mlp, require, split_halves
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,11 @@ class BYOLConfig:
     pred_hidden: int = 1024  # predictor 128 -> 1024 -> 128
     tau: float = 0.99  # target EMA, raised to 1 by a cosine schedule (spec 8.3)
 
+    def __post_init__(self) -> None:
+        for key in ("proj_hidden", "proj_dim", "pred_hidden"):
+            require("byol", getattr(self, key) > 0, key, getattr(self, key), "must be > 0")
+        require("byol", 0 <= self.tau <= 1, "tau", self.tau, "must be in [0, 1]")
+
 
 def normalized_mse(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """2 - 2 cos(p, z), averaged over the batch."""
@@ -26,6 +31,8 @@ def normalized_mse(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 
 class BYOL(SSLMethod):
+    """No negatives, so nothing is gathered across ranks; only BatchNorm is synchronised."""
+
     name = "byol"
     Config = BYOLConfig
     description = "BYOL: predictor + EMA target network, normalised MSE, no negatives"
@@ -44,6 +51,18 @@ class BYOL(SSLMethod):
         with torch.no_grad():
             z1, z2 = self.target_projector(self.target_backbone(both)).chunk(2)
         return normalized_mse(p1, z2) + normalized_mse(p2, z1)
+
+    def mixed_loss(self, mixed_view, other_view, perm, lam) -> torch.Tensor:
+        """i-Mix's BYOL: the target of row i is lam cos(p_i, z_i) + (1 - lam) cos(p_i, z_perm(i)) (spec 6.2)."""
+        p = F.normalize(self.predictor(self.projector(self.backbone(mixed_view))), dim=1)
+        with torch.no_grad():
+            z = F.normalize(self.target_projector(self.target_backbone(other_view)), dim=1)
+        loss = p.new_zeros(())
+        for rows, half_perm, w in split_halves(perm, lam):
+            zh = z[rows]
+            target = w * (p[rows] * zh).sum(1) + (1 - w) * (p[rows] * zh[half_perm]).sum(1)
+            loss = loss + (2 - 2 * target).mean()
+        return loss
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:

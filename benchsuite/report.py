@@ -1,0 +1,137 @@
+"""``bench report``: one self-contained HTML page per run (tables, then the figures, images inlined)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from benchsuite.checkpoint import atomic_write
+from benchsuite.results import REFERENCE_DEFENSE, load_results
+from benchsuite.tables import LAYOUTS, display_name
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ccc; }
+h3 { font-size: 1em; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.85em; }
+th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
+th { background: #f3f3f3; text-align: center; }
+figure { display: inline-block; margin: 0.5em; vertical-align: top; text-align: center; }
+figure img { max-width: 520px; border: 1px solid #eee; }
+figcaption { font-size: 0.8em; color: #555; }
+.meta td { text-align: left; }
+.wide { overflow-x: auto; }
+"""
+
+# what a figure file is, from the suffix its writer gives it
+CAPTIONS = {"patches": "retrieved candidate trigger patches (top-k)", "attention": "attention maps over top images",
+            "retrieval": "IoU / catch rate of the top-k located windows", "pr": "precision-recall of the ranking",
+            "swk": "SWK: smoothed silhouette over K", "trigger": "reversed trigger"}
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}">'
+
+
+def _caption(name: str) -> str:
+    for key, text in CAPTIONS.items():
+        if key in name:
+            return f"{html.escape(name)}: {text}"
+    return html.escape(name)
+
+
+def asr_summary(results: pd.DataFrame, path: Path) -> Path | None:
+    """Bar chart of the patched-data ASR per defense and attack (mean over cells, std over seeds)."""
+    if results.empty:
+        return None
+    order = [d for d in dict.fromkeys(results["defense"]) if d != REFERENCE_DEFENSE]
+    order += [REFERENCE_DEFENSE] if REFERENCE_DEFENSE in set(results["defense"]) else []
+    attacks = list(dict.fromkeys(results["attack"]))
+    fig = Figure(figsize=(1.6 + 1.1 * len(order) * len(attacks), 3.4), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / len(attacks)
+    for i, attack in enumerate(attacks):
+        block = results[results["attack"] == attack]
+        per_seed = block.groupby(["defense", "seed"])["patched_asr"].mean().groupby("defense")
+        means, stds = per_seed.mean().reindex(order), per_seed.std(ddof=0).reindex(order).fillna(0)
+        ax.bar([j + i * width for j in range(len(order))], means.values, width, yerr=stds.values, label=attack,
+               capsize=3)
+    ax.set_xticks([j + width * (len(attacks) - 1) / 2 for j in range(len(order))],
+                  [display_name(d) for d in order], rotation=15)
+    ax.set_ylabel("patched-data ASR (%)")
+    ax.legend(fontsize="small")
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def _tables(results: pd.DataFrame) -> str:
+    parts = []
+    for title, layout in LAYOUTS.values():
+        frame = layout(results)
+        if frame is None or frame.empty:
+            continue
+        table = frame.to_html(index=False, escape=True, border=0)
+        parts.append(f'<h3>{html.escape(title)}</h3><div class="wide">{table}</div>')
+    return "\n".join(parts)
+
+
+def _figures(run_dir: Path) -> str:
+    root = run_dir / "figures"
+    if not root.is_dir():
+        return "<p>No figures (no filter or model defense ran).</p>"
+    parts = []
+    for cell in sorted(p for p in root.iterdir() if p.is_dir()):
+        pngs = sorted(cell.glob("*.png"))
+        if not pngs:
+            continue
+        figures = "".join(f"<figure>{_img(p)}<figcaption>{_caption(p.stem)}</figcaption></figure>" for p in pngs)
+        parts.append(f"<h3>{html.escape(cell.name)}</h3>{figures}")
+    return "\n".join(parts)
+
+
+def _meta(run_dir: Path) -> str:
+    rows = {"run": run_dir.name}
+    for name in ("provenance.json", "config.json"):
+        path = run_dir / name
+        if path.is_file():
+            data = json.loads(path.read_text())
+            if name == "config.json":
+                config = data.get("config", {})
+                ssl, train = config.get("ssl", {}), config.get("train", {})
+                rows |= {"preset": config.get("preset"), "dataset": config.get("dataset", {}).get("name"),
+                         "SSL": f"{ssl.get('method')} / {ssl.get('backbone')}", "epochs": train.get("epochs")}
+            else:
+                rows |= data
+    body = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in rows.items())
+    return f'<table class="meta">{body}</table>'
+
+
+def write_report(run_dir: Path, output: Path | None = None) -> Path:
+    """Write ``RUN_DIR/report.html`` (or ``output``): every table layout with rows, the ASR summary and
+    each cell's pictures, all inlined so the page can be mailed or attached."""
+    run_dir = Path(run_dir)
+    results = load_results(run_dir)
+    output = Path(output) if output else run_dir / "report.html"
+    summary = asr_summary(results, run_dir / "asr_summary.png")
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>benchsuite report: {html.escape(run_dir.name)}</title>
+<style>{STYLE}</style></head><body>
+<h1>benchsuite report: {html.escape(run_dir.name)}</h1>
+{_meta(run_dir)}
+<h2>Attack success at a glance</h2>
+{f"<figure>{_img(summary)}<figcaption>mean over cells; error bars: std over seeds</figcaption></figure>"
+ if summary else ""}
+<h2>Tables</h2>
+{_tables(results)}
+<h2>Figures per cell</h2>
+{_figures(run_dir)}
+</body></html>
+"""
+    atomic_write(output, lambda tmp: tmp.write_text(page))
+    return output

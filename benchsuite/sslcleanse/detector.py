@@ -1,0 +1,79 @@
+"""The detector: sample, cluster (K by SWK), reverse one trigger per cluster, MAD outlier test."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from benchsuite.api import Verdict
+from benchsuite.errors import BenchError
+from benchsuite.eval.features import extract_features
+from benchsuite.ssl.augment import to_float
+from benchsuite.sslcleanse.codec import encode_trigger
+from benchsuite.sslcleanse.config import SSLCleanseConfig, validate
+from benchsuite.sslcleanse.inversion import Inversion, invert_triggers
+from benchsuite.sslcleanse.outlier import anomaly_index
+from benchsuite.sslcleanse.plots import plot_flagged, plot_swk, plot_triggers
+from benchsuite.sslcleanse.swk import SWKResult, best_kmeans, choose_k
+
+
+def sample_indices(n: int, ratio: float, seed: int, stream: int = 0) -> np.ndarray:
+    """``round(ratio * n)`` (at least 1) distinct indices, sorted; the code samples with replacement."""
+    size = max(1, round(ratio * n))
+    return np.sort(np.random.default_rng([seed, 71, stream]).choice(n, size=size, replace=False))
+
+
+def cluster_sample(features: np.ndarray, cfg: SSLCleanseConfig, seed: int) -> tuple[np.ndarray, SWKResult | None]:
+    """Cluster labels 0..K-1 (empty k-means clusters dropped) and the SWK result when K was chosen."""
+    n = len(features)
+    swk = None
+    if cfg.clusters is None:
+        swk = choose_k(features, cfg.k_min, cfg.k_max, cfg.k_step, cfg.swk_window, seed, cfg.kmeans_iters,
+                       cfg.kmeans_restarts)
+    k = cfg.clusters or swk.k
+    if k >= n:
+        raise BenchError(f"sslcleanse: {k} clusters on {n} sampled images: raise ratio or lower clusters")
+    assignments = best_kmeans(features, k, seed, cfg.kmeans_iters, cfg.kmeans_restarts)
+    return np.unique(assignments, return_inverse=True)[1].astype(np.int64), swk
+
+
+def detect(encoder: nn.Module, images: np.ndarray, features: np.ndarray | None, cfg: SSLCleanseConfig, seed: int,
+           device: torch.device, workdir: Path | None = None) -> Verdict:
+    """Judge ``encoder`` with the defender's clean ``images`` (uint8 (N, H, W, 3)); pictures go to ``workdir``."""
+    validate(cfg)
+    start = time.perf_counter()
+    idx = sample_indices(len(images), cfg.ratio, seed)
+    feats = features[idx] if features is not None else extract_features(encoder, images[idx], device=device)
+    labels, swk = cluster_sample(feats, cfg, seed)
+    encoder.to(device)
+    x = to_float(torch.from_numpy(images[idx])).to(device)
+    inv = invert_triggers(encoder, x, torch.from_numpy(feats).to(device), labels, cfg, seed)
+    index = anomaly_index(inv.norms, cfg.mad_consistency, cfg.mad_scale)
+    smallest = int(np.argmin(inv.norms))
+    trojaned = index > cfg.anomaly_threshold
+    extras = _extras(inv, labels, swk, smallest, len(idx), time.perf_counter() - start)
+    if workdir is not None:
+        _pictures(Path(workdir), inv, swk, smallest, index, trojaned, images[idx][labels != smallest][0])
+    return Verdict(bool(trojaned), float(index), smallest if trojaned else None, extras)
+
+
+def _extras(inv: Inversion, labels: np.ndarray, swk: SWKResult | None, smallest: int, n: int,
+            seconds: float) -> dict:
+    return {"k": int(labels.max()) + 1, "sampled": n, "cluster_sizes": np.bincount(labels).tolist(),
+            "norms": [round(float(v), 6) for v in inv.norms], "asr": [round(float(v), 4) for v in inv.asr],
+            "reached": inv.reached.tolist(), "smallest": smallest, "swk": None if swk is None else swk.to_json(),
+            "trigger": encode_trigger(inv.masks[smallest], inv.patterns[smallest]), "seconds": round(seconds, 1)}
+
+
+def _pictures(workdir: Path, inv: Inversion, swk: SWKResult | None, smallest: int, index: float, trojaned: bool,
+              example: np.ndarray) -> None:
+    workdir.mkdir(parents=True, exist_ok=True)
+    if swk is not None:
+        plot_swk(workdir / "swk.png", swk)
+    plot_triggers(workdir / "triggers.png", inv, smallest, index, trojaned)
+    plot_flagged(workdir / "reversed_trigger.png", inv.masks[smallest], inv.patterns[smallest],
+                 example.astype(np.float32) / 255, smallest)

@@ -1,0 +1,124 @@
+"""The grid at scale: kill -9 and resume, executors, dry run, determinism across runs."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import TINY_OVERRIDES
+
+# two cells (seeds 0 and 1) and the clean reference: four encoders of three epochs each
+GRID = ["run", "--attack", "htba", "--defense", "none", "--targets", "0", "--seeds", "0,1", "--epochs", "3"]
+for item in TINY_OVERRIDES:
+    if not item.startswith("train.epochs"):
+        GRID += ["--set", item]
+
+
+ENV = {**os.environ, "COLUMNS": "500"}  # rich wraps its log lines at the console width
+
+
+def bench(*args: str) -> list[str]:
+    return [sys.executable, "-m", "benchsuite.cli", *args]
+
+
+def run_grid(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    done = subprocess.run(bench(*GRID, "--out", str(out), *extra), capture_output=True, text=True, timeout=600,
+                          env=ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def results(out: Path) -> pd.DataFrame:
+    (csv,) = out.glob("*/results.csv")
+    return pd.read_csv(csv)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[pd.DataFrame, float]:
+    """An uninterrupted run of the grid, and how long it took."""
+    out = tmp_path_factory.mktemp("reference")
+    start = time.monotonic()
+    run_grid(out)
+    return results(out), time.monotonic() - start
+
+
+def _pretraining_checkpoint(out: Path) -> bool:
+    """True once some encoder has a checkpoint but is not finished: the process is mid-pretraining."""
+    return any(not (state.parent / "DONE").exists() for state in out.glob("cache/pretrain/*/trainer_state.pt"))
+
+
+def _kill_when(out: Path, ready, timeout: float = 300) -> None:
+    proc = subprocess.Popen(bench(*GRID, "--out", str(out)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and not ready() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_kill_9_at_any_moment_then_rerun_recomputes_nothing_finished_and_gives_the_same_table(tmp_path, reference):
+    expected, duration = reference
+    out = tmp_path / "runs"
+    # first kill: in the middle of pretraining (a checkpoint exists, the encoder is not done)
+    _kill_when(out, lambda: _pretraining_checkpoint(out))
+    assert _pretraining_checkpoint(out), "the first kill was meant to land mid-pretraining"
+    # then kills at random moments (seeded), wherever they land
+    rng = random.Random(0)
+    for _ in range(3):
+        at = time.monotonic() + rng.uniform(0.2, 0.9) * duration
+        _kill_when(out, lambda at=at: time.monotonic() >= at)
+    finished = {p: p.stat().st_mtime_ns for p in out.glob("cache/*/*/DONE")}
+    run_grid(out)
+    recomputed = [str(p) for p, mtime in finished.items() if p.stat().st_mtime_ns != mtime]
+    assert not recomputed, f"finished stages were recomputed: {recomputed}"
+    pd.testing.assert_frame_equal(results(out), expected)
+
+
+def test_resume_continues_pretraining_from_its_checkpoint(tmp_path, reference):
+    expected, _ = reference
+    out = tmp_path / "runs"
+    _kill_when(out, lambda: _pretraining_checkpoint(out))
+    assert _pretraining_checkpoint(out)
+    final = run_grid(out)
+    assert "resuming from the last checkpoint" in final.stderr
+    pd.testing.assert_frame_equal(results(out), expected)
+
+
+def test_same_seed_twice_gives_identical_tables(tmp_path, reference):
+    expected, _ = reference
+    run_grid(tmp_path / "again")
+    pd.testing.assert_frame_equal(results(tmp_path / "again"), expected)
+    table = [subprocess.run(bench("table", str(next(p.glob("*/results.csv")).parent), "--format", "csv"),
+                            capture_output=True, text=True, check=True).stdout
+             for p in (tmp_path / "again", tmp_path / "again")]
+    assert table[0] == table[1] and "±" in table[0]  # two seeds: mean ± std
+
+
+@pytest.mark.parametrize("executor", [["--workers", "2"], ["--executor", "submitit", "--cluster", "local"]],
+                         ids=["local-2-workers", "submitit-local"])
+def test_parallel_executors_give_the_sequential_results(tmp_path, reference, executor):
+    expected, _ = reference
+    run_grid(tmp_path / "runs", *executor)
+    pd.testing.assert_frame_equal(results(tmp_path / "runs"), expected)
+
+
+def test_dry_run_lists_cells_and_their_cached_stages(tmp_path):
+    out = tmp_path / "runs"
+    before = subprocess.run(bench(*GRID, "--out", str(out), "--dry-run"), capture_output=True, text=True,
+                            check=True, env=ENV)
+    assert before.stderr.count("to do") >= 4 and "cached" not in before.stderr
+    assert "s=0" in before.stderr and "s=1" in before.stderr
+    assert not list(out.glob("cache/pretrain/*/DONE")), "a dry run trained something"
+    run_grid(out)
+    after = subprocess.run(bench(*GRID, "--out", str(out), "--dry-run"), capture_output=True, text=True,
+                           check=True, env=ENV)
+    assert "to do" not in after.stderr and after.stderr.count("cached") >= 4
