@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from benchsuite import __version__, distributed
-from benchsuite.config import PRESETS, apply_override, build_config, read_preset
+from benchsuite.config import PRESETS, apply_override, build_config, read_preset, with_method_recipe
 from benchsuite.console import console
 from benchsuite.errors import BenchError
 from benchsuite.registry import SECTIONS, get_registry
@@ -103,6 +104,19 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _carried_options(dataset: dict, name: str) -> dict:
+    """The preset's dataset options that loader ``name`` takes by name (``limit_train_per_class`` survives
+    ``--dataset npz`` on a cifar10 preset; the synthetic generator's ``train_per_class`` does not)."""
+    options = dataset.get("options", {})
+    if name == dataset.get("name"):
+        return options
+    try:
+        accepted = inspect.signature(get_registry().get("dataset", name)).parameters
+    except (BenchError, TypeError, ValueError):  # unknown loaders fail later with the known names
+        return {}
+    return {k: v for k, v in options.items() if k in accepted and accepted[k].kind != inspect.Parameter.VAR_KEYWORD}
+
+
 def _config_from_args(args: argparse.Namespace):
     data = read_preset(args.preset)
     grid = data.setdefault("grid", {})
@@ -119,8 +133,7 @@ def _config_from_args(args: argparse.Namespace):
     if args.reference is not None:
         grid["reference"] = args.reference
     if args.dataset:
-        data["dataset"] = {"name": args.dataset, "options": {} if args.dataset != data.get("dataset", {}).get("name")
-                           else data["dataset"].get("options", {})}
+        data["dataset"] = {"name": args.dataset, "options": _carried_options(data.get("dataset", {}), args.dataset)}
     if args.data_path:
         data.setdefault("dataset", {})["path"] = args.data_path
     if args.download:
@@ -128,6 +141,7 @@ def _config_from_args(args: argparse.Namespace):
     if args.ssl:
         data.setdefault("ssl", {})["method"] = args.ssl
         data["ssl"]["method_options"] = {}
+        data = with_method_recipe(data, args.ssl)
     if args.backbone:
         data.setdefault("ssl", {})["backbone"] = args.backbone
         data["ssl"]["backbone_options"] = {}

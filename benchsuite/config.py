@@ -16,7 +16,7 @@ from benchsuite.errors import BenchError
 from benchsuite.eval.probe import ProbeConfig
 from benchsuite.ssl.trainer import TrainConfig
 
-PRESETS = ("smoke", "small", "paper", "paper-mocov3-vitb", "paper-mocov2-r18", "paper-byol-r18")
+PRESETS = ("smoke", "small", "small-cpu", "paper", "paper-mocov3-vitb", "paper-mocov2-r18", "paper-byol-r18")
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,13 @@ def _merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def with_method_recipe(data: dict[str, Any], method: str) -> dict[str, Any]:
+    """``data`` with the preset's ``[recipes.<method>]`` tables merged in, so that a preset tuned for one SSL
+    method says how it trains another (``--ssl byol`` on the smoke preset); unchanged when it has none."""
+    recipe = data.get("recipes", {}).get(method)
+    return data if recipe is None else _merged(data, recipe)
+
+
 def apply_override(data: dict[str, Any], assignment: str) -> None:
     """Apply ``section.key=value`` (value parsed as TOML, else as a string) in place."""
     if "=" not in assignment:
@@ -156,6 +163,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
 def build_config(data: dict[str, Any]) -> RunConfig:
     """Validate a preset table (after overrides) into a :class:`RunConfig`."""
     data = dict(data)
+    data.pop("recipes", None)  # applied by with_method_recipe when --ssl picks another method
     grid = dict(data.get("grid", {}))
     if "targets" in grid:
         grid["targets"] = [t if isinstance(t, list) else [t] for t in grid["targets"]]

@@ -19,7 +19,13 @@ from benchsuite.checkpoint import save_json
 from benchsuite.config import RunConfig
 from benchsuite.console import console
 from benchsuite.errors import BenchError
-from benchsuite.eval.detection import removal_metrics, retrieval_curve, topk_accuracy, window_metrics
+from benchsuite.eval.detection import (
+    per_target_detection,
+    removal_metrics,
+    retrieval_curve,
+    topk_accuracy,
+    window_metrics,
+)
 from benchsuite.executors import ExecutorSpec, execute
 from benchsuite.pipeline import Cell, Encoder, Pipeline
 from benchsuite.provenance import collect
@@ -170,12 +176,15 @@ class GridRunner:
                    **topk_accuracy(detection.scores, poisoning.poison_mask),
                    **window_metrics(detection.scores, detection.windows, poisoning.boxes),
                    "figures": ";".join(filter(None, [figures, str(plot.relative_to(self.run_dir))]))}
-        return np.flatnonzero(~remove), stable_hash(poison_key, "kept", remove), metrics
+        per_target = per_target_detection(remove, detection.scores, detection.windows, poisoning.boxes,
+                                          poisoning.poison_target)
+        return np.flatnonzero(~remove), stable_hash(poison_key, "kept", remove), metrics, per_target
 
     def _run_defense(self, defense: Defense, cell: Cell, poisoning: Poisoning, poison_key: str, threat: Encoder,
                      n_poison: int) -> list[dict[str, Any]]:
         p = self.pipeline
         extra: dict[str, Any] = {"n_train": len(poisoning.train), "n_poison": n_poison}
+        per_target: dict[int, dict[str, float]] = {}
         images, label = poisoning.train.images, f"{defense.name} {cell.label}"
         if defense.kind == "none":
             encoder = threat
@@ -184,7 +193,7 @@ class GridRunner:
         elif defense.kind in ("filter", "composed"):
             filter_defense = defense.filter if isinstance(defense, ComposedDefense) else defense
             training = defense.training if isinstance(defense, ComposedDefense) else None
-            kept, kept_key, metrics = self._filter(filter_defense, cell, poisoning, poison_key, threat)
+            kept, kept_key, metrics, per_target = self._filter(filter_defense, cell, poisoning, poison_key, threat)
             extra.update(metrics, n_train=len(kept))
             encoder = p.encoder(images[kept], kept_key, cell.seed, label=f"retrain {label}", training=training)
         else:  # model: judge the threat and the clean encoder, evaluate the repaired threat encoder
@@ -194,5 +203,5 @@ class GridRunner:
                          clean_trojaned=clean_verdict.trojaned, clean_anomaly_index=clean_verdict.anomaly_index,
                          figures=self._link_figures(workdir, cell, defense.name))
             encoder = p.mitigate(defense, threat, verdict, cell.seed)
-        return [{**self._base_row(cell, defense.name, encoder.key), **metrics, **extra}
-                for metrics in p.evaluate(encoder, cell)]
+        return [{**self._base_row(cell, defense.name, encoder.key), **metrics, **extra,
+                 **per_target.get(metrics["target"], {})} for metrics in p.evaluate(encoder, cell)]

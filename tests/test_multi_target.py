@@ -13,7 +13,7 @@ from benchsuite.attacks.multi_target import MultiTarget, MultiTargetConfig
 from benchsuite.cli import main
 from benchsuite.config import GridSpec, RunConfig
 from benchsuite.errors import BenchError
-from benchsuite.eval.detection import retrieval_curve
+from benchsuite.eval.detection import per_target_detection, retrieval_curve
 from benchsuite.eval.retrieval_plot import save_retrieval
 from benchsuite.grid import cells
 
@@ -129,6 +129,22 @@ def test_retrieval_curve_on_a_hand_made_example(tmp_path):
     np.testing.assert_allclose(saved["iou"], expected_iou)
 
 
+def test_per_target_detection_scores_each_pair_on_its_own_poisons():
+    poison_target = np.array([0, 0, 1, 1, 2, 2, -1, -1])
+    remove = np.array([1, 1, 1, 0, 0, 0, 1, 0], dtype=bool)  # both of target 0, one of target 1, a clean image
+    scores = np.arange(8, 0, -1, dtype=float)
+    boxes = np.where(poison_target[:, None] >= 0, np.array([[0, 0, 8, 8]]), -1)
+    windows = np.tile([[0, 0, 8, 8]], (8, 1))
+    windows[poison_target == 1] = [4, 0, 8, 8]  # target 1's trigger only half found: IoU 1/3, CR 1/2
+    per_target = per_target_detection(remove, scores, windows, boxes, poison_target)
+    assert sorted(per_target) == [0, 1, 2]
+    assert [per_target[t]["recall"] for t in (0, 1, 2)] == [100.0, 50.0, 0.0]
+    np.testing.assert_allclose([per_target[t]["iou"] for t in (0, 1, 2)], [100.0, 100 / 3, 100.0])
+    np.testing.assert_allclose([per_target[t]["catch_rate"] for t in (0, 1, 2)], [100.0, 50.0, 100.0])
+    single = np.where(poison_target >= 0, 0, -1)
+    assert per_target_detection(remove, scores, windows, boxes, single) == {}  # one target: the whole-set row
+
+
 # a light PoisonCAM: few masks, a 10-image flip set, one small poison classifier for 10 iterations
 LIGHT_POISONCAM = ["defense.poisoncam.num_masks=8", "defense.poisoncam.flip_set_size=10",
                    "defense.poisoncam.classifier_iterations=10", "defense.poisoncam.classifier_models=1",
@@ -161,11 +177,16 @@ def test_multi_target_and_spectral_in_the_grid(tmp_path, tiny_args, capsys):
         assert rows["figures"].str.contains(f"{folder}/retrieval.png", regex=False).all()
         curve = pd.read_csv(cell / "poisoncam_retrieval.csv").set_index("k")
         assert list(curve.index) == [5, 10, 20, 50, 100, 500]
-        np.testing.assert_array_equal(rows["iou"], curve.loc[20, "iou"])  # the table's IoU is the k = 20 point
         if attack == "spectral":  # no box: not applicable at every k, not zero
+            np.testing.assert_array_equal(rows["iou"], curve.loc[20, "iou"])  # the table's IoU is the k = 20 point
             assert curve[["iou", "catch_rate"]].isna().to_numpy().all() and (curve["n_boxed"] == 0).all()
             assert rows[["iou", "catch_rate"]].isna().to_numpy().all()
         else:  # 48 of 240 images carry a box: some of the top 100 do, whatever the (1-epoch) ranking
             assert curve.loc[100, "n_boxed"] > 0
             assert 0 < curve.loc[100, "iou"] <= 100 and 0 < curve.loc[100, "catch_rate"] <= 100
+            # each target's row has its own recall; with equal counts they average to the whole-set recall
+            removed = rows["removed"].iloc[0]
+            assert rows["removed"].eq(removed).all() and rows["recall"].between(0, 100).all()
+            caught = rows["precision"].iloc[0] * removed / 100
+            assert rows["recall"].mean() == pytest.approx(100 * caught / 48)
         assert np.isnan(curve.loc[500, "iou"])  # k above the 240 images

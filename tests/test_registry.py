@@ -123,3 +123,35 @@ def test_a_preset_extends_another_and_options_tables_replace(tmp_path):
     assert config.preset == "child" and config.dataset.name == "imagefolder"  # from paper
     assert config.ssl.method_options == {"tau": 0.9}  # replaced, not merged with MoCo's queue options
     assert config.defense["poisoncam"]["num_masks"] == 8 and config.defense["poisoncam"]["num_clusters"] == 1000
+
+
+def test_ssl_flag_applies_the_presets_recipe_for_that_method_and_set_still_wins(tmp_path):
+    from benchsuite.cli import _config_from_args, parser
+
+    preset = tmp_path / "tuned.toml"
+    preset.write_text('extends = "smoke"\n[recipes.byol.train]\noptimizer = "adam"\nlr = 1e-3\n'
+                      '[recipes.byol.ssl.method_options]\ntau = 0.98\n')
+
+    def config(*argv):
+        return _config_from_args(parser().parse_args(["run", "--preset", str(preset), *argv]))
+
+    plain = config()
+    assert plain.ssl.method == "simclr" and plain.train.optimizer == "sgd" and plain.train.lr == 0.5
+    byol = config("--ssl", "byol")
+    assert byol.ssl.method == "byol" and byol.ssl.method_options == {"tau": 0.98}
+    assert byol.train.optimizer == "adam" and byol.train.lr == 1e-3 and byol.train.epochs == plain.train.epochs
+    assert config("--ssl", "byol", "--set", "train.lr=0.002").train.lr == 0.002
+    moco = config("--ssl", "moco_v2")  # no recipe: the preset's training values, the method's defaults
+    assert moco.train.optimizer == "sgd" and moco.ssl.method_options == {}
+
+
+def test_dataset_flag_keeps_the_options_the_new_loader_takes():
+    from benchsuite.cli import _config_from_args, parser
+
+    def dataset(*argv):
+        return _config_from_args(parser().parse_args(["run", *argv, "--data-path", "x"])).dataset
+
+    cpu = dataset("--preset", "small-cpu", "--dataset", "npz")  # the preset names cifar10 (torchvision)
+    assert cpu.name == "npz" and cpu.options == {"limit_train_per_class": 1000, "limit_val_per_class": 200}
+    assert dataset("--preset", "smoke", "--dataset", "npz").options == {}  # the generator's sizes do not apply
+    assert dataset("--preset", "smoke").options["train_per_class"] == 500

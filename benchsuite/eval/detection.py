@@ -82,3 +82,20 @@ def retrieval_curve(scores: np.ndarray, windows: np.ndarray | None, boxes: np.nd
         curve["catch_rate"].append(m["catch_rate"])
         curve["n_boxed"].append(0 if windows is None or not fits else len(_boxed_top(scores, windows, boxes, k)))
     return curve
+
+
+def per_target_detection(remove: np.ndarray, scores: np.ndarray, windows: np.ndarray | None, boxes: np.ndarray,
+                         poison_target: np.ndarray) -> dict[int, dict[str, float]]:
+    """For a multi-target poisoning, each target's recall (its own poisons removed) and the IoU / catch rate
+    of the top-20 windows on its own trigger's boxes; removed, precision and top-k accuracy stay whole-set
+    (a removal is not attributed to one target). Empty for a single-target poisoning."""
+    targets = np.unique(poison_target[poison_target >= 0])
+    if len(targets) < 2:
+        return {}
+    per_target = {}
+    for target in targets.tolist():
+        own = poison_target == target
+        own_boxes = np.where(own[:, None], boxes, -1)
+        per_target[target] = {"recall": removal_metrics(remove, own)["recall"],
+                              **window_metrics(scores, windows, own_boxes)}
+    return per_target
