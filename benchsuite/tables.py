@@ -209,15 +209,21 @@ def table_width(frame: pd.DataFrame) -> int:
 
 
 def rich_table(frame: pd.DataFrame, title: str) -> Table:
-    """Render a (group, metric)-column frame; group names head their first column."""
+    """Render a (group, metric)-column frame; group names head their first column. A rule separates the
+    blocks of rows (dataset, attack, rate: every label column but the last), one block per attack."""
     table = Table(title=title, show_lines=False, header_style="bold")
     previous = None
     for group, metric in frame.columns:
         header = f"{group}\n{metric}" if group != previous and group else f"\n{metric}"
         previous = group
         table.add_column(header, justify="right" if group else "left")
+    n_labels = sum(1 for group, _ in frame.columns if not group)
+    block = None
     for _, row in frame.iterrows():
         cells = [str(v) for v in row.tolist()]
+        if n_labels > 1 and block is not None and cells[: n_labels - 1] != block:
+            table.add_section()
+        block = cells[: n_labels - 1]
         style = "bold" if "Average" in cells else None
         table.add_row(*cells, style=style)
     return table

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from benchsuite.tables import dacc_frame, markdown_table, patchsearch_t2_frame, table1_frame
+from benchsuite.tables import dacc_frame, markdown_table, patchsearch_t2_frame, rich_table, table1_frame
 
 
 def _row(target, seed, defense, patched_asr):
@@ -57,3 +57,12 @@ def test_patchsearch_table2_names_rows_like_the_paper():
     frame = patchsearch_t2_frame(pd.DataFrame(rows))
     assert list(frame[("", "Model")]) == ["Clean", "Backdoored", "PatchSearch"]
     assert list(frame[("Patched Data", "ASR")]) == ["1.0", "40.0 ± 10.0", "2.0"]
+
+
+def test_rich_table_has_one_block_per_attack():
+    rows = [_row(0, 0, "none", 30.0), {**_row(0, 0, "none", 5.0), "attack": "spectral"},
+            {**_row(0, 0, "none", 20.0), "attack": "multi_target"},
+            {**_row(1, 0, "none", 40.0), "attack": "multi_target"}]
+    table = rich_table(table1_frame(pd.DataFrame(rows)), "t")
+    # rows in grid order: htba 0 | spectral 0 | multi_target 0, 1, Average: a rule closes each attack's block
+    assert [r.end_section for r in table.rows] == [True, True, False, False, False]
