@@ -25,6 +25,14 @@ class DatasetSpec:
     path: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def label(self) -> str:
+        """The dataset column of results and leaderboards: the folder's name for the loaders that read any
+        folder (``--dataset npz --data-path data/cifar10`` -> ``cifar10``), else the loader's name."""
+        if self.name in ("npz", "imagefolder") and self.path:
+            return Path(self.path).name or self.name
+        return self.name
+
 
 @dataclass(frozen=True)
 class GridSpec:

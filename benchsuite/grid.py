@@ -71,7 +71,7 @@ class GridRunner:
 
     def _base_row(self, cell: Cell, defense: str, encoder_key: str) -> dict[str, Any]:
         c = self.config
-        return {"dataset": c.dataset.name, "preset": c.preset, "attack": cell.attack,
+        return {"dataset": c.dataset.label, "preset": c.preset, "attack": cell.attack,
                 "targets": "+".join(map(str, cell.targets)), "rate": cell.rate, "seed": cell.seed,
                 "defense": defense, "ssl": c.ssl.method, "backbone": c.ssl.backbone, "epochs": c.train.epochs,
                 "probe": c.probe.kind, "label_fraction": c.probe.label_fraction, "encoder_key": encoder_key}

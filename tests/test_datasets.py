@@ -78,3 +78,12 @@ def test_imagefolder_class_list_picks_a_sorted_subset(tmp_path):
     (tmp_path / "bad.txt").write_text("n09\n")
     with pytest.raises(BenchError, match="have no folder.*first: n09"):
         load_imagefolder(str(tmp_path), image_size=8, class_list=str(tmp_path / "bad.txt"))
+
+
+def test_results_name_a_folder_dataset_after_its_folder():
+    from benchsuite.config import DatasetSpec
+
+    assert DatasetSpec("npz", "../data/cifar10").label == "cifar10"
+    assert DatasetSpec("imagefolder", "/data/imagenet100/").label == "imagenet100"
+    assert DatasetSpec("cifar10", "/root/torchvision").label == "cifar10"  # a named dataset keeps its name
+    assert DatasetSpec("synthetic").label == "synthetic"
