@@ -59,6 +59,7 @@ class GridRunner:
         self.run_dir = self.out / run_id(config)
         self.pipeline = Pipeline(config, registry, self.out / "cache")
         registry.get("dataset", config.dataset.name)
+        registry.get("ssl", config.ssl.method)
         # the threat encoder is trained for every cell anyway, so its "w/o Defense" column always comes first
         names = ["none", *[d for d in config.grid.defenses if d != "none"]]
         self.defenses = [self.pipeline.defense(name) for name in names]

@@ -57,6 +57,7 @@ def test_same_seed_gives_identical_results(tmp_path, tiny_args):
     (["--attack", "nope"], "unknown attack 'nope': known are"),
     (["--defense", "nope"], "unknown defense 'nope': known are"),
     (["--dataset", "nope"], "unknown dataset 'nope': known are"),
+    (["--ssl", "nope", "--dry-run"], "unknown ssl 'nope': known are"),  # refused before any stage runs
     (["--targets", "12"], "target class 12 is out of range"),
     (["--dataset", "npz", "--data-path", "/does/not/exist"], "does not exist"),
     (["--dataset", "npz"], "needs a path"),
