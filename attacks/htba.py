@@ -3,28 +3,49 @@
 Targeted, clean-label: a fraction ``rate`` of the target class's training images get an opaque
 trigger pasted at a uniform position inside the central region (25 % margin by default); the
 patched validation set pastes the trigger on every validation image with a wider region.
+
+``paste_space = "native"`` pastes the training poisons into the source images before the loader's
+resize and centre crop, as SSL-Backdoor does (spec 1.3 step 4); the validation set is always
+pasted in the stored crop (spec 1.5).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from benchsuite.api import Attack, PatchedSet, Poisoning
+from benchsuite.cache import added_field
 from benchsuite.data import ImageDataset
 from benchsuite.errors import BenchError
 from benchsuite.hookspecs import hookimpl
-from benchsuite.triggers import boxes_from_corners, make_trigger, paste, sample_corners, trigger_side
+from benchsuite.triggers import (
+    GENERATED,
+    boxes_from_corners,
+    make_trigger,
+    native_sides,
+    paste,
+    paste_native,
+    sample_corners,
+    sample_native_corners,
+    trigger_side,
+)
+
+PASTE_SPACES = ("crop", "native")
 
 
 @dataclass(frozen=True)
 class HTBAConfig:
-    trigger: str = "random"  # 'random' (seeded HTBA-style pattern) or a PNG path, e.g. trigger_10.png
+    trigger: str = "random"  # 'random' (seeded HTBA-style pattern), 'glyph' or a PNG path, e.g. trigger_10.png
     trigger_size: float = 50 / 224  # pixels if > 1, else a fraction of the image side (paper: 50 of 224)
-    trigger_seed: int = 0  # pattern seed for 'random'; the target is mixed in
+    trigger_seed: int = 0  # pattern seed for 'random' (glyph offset for 'glyph'); the target is mixed in
     train_location: tuple[float, float] = (0.25, 0.75)  # SSL-Backdoor train_location_min/max
     val_location: tuple[float, float] = (0.10, 0.90)  # SSL-Backdoor val_location_min/max
+    # where training poisons are pasted: 'crop' = the stored (resized, centre-cropped) image; 'native' =
+    # the source image before that, with trigger_size in source pixels (SSL-Backdoor, the paper presets)
+    paste_space: str = added_field("crop")
 
 
 def choose_poisons(labels: np.ndarray, target: int, rate: float, rng: np.random.Generator) -> np.ndarray:
@@ -40,8 +61,22 @@ class HTBA(Attack):
     Config = HTBAConfig
     description = "HTBA opaque patch trigger on a fraction of the target class"
 
+    def __init__(self, config: HTBAConfig | None = None) -> None:
+        super().__init__(config)
+        if self.config.paste_space not in PASTE_SPACES:
+            raise BenchError(f"attack {self.name}: paste_space {self.config.paste_space!r} is unknown: use native "
+                             "or crop (--set attack.htba.paste_space=native)")
+        spec = self.config.trigger
+        if spec not in GENERATED and not Path(spec).is_file():  # checked here so a run fails before any stage
+            raise BenchError(f"attack {self.name}: trigger file {spec} not found (a relative path is read from "
+                             f"the working folder): give its path with --trigger PATH/{Path(spec).name} "
+                             "(HTBA's PNGs: SSL-Backdoor poison-generation/triggers/), or --trigger random")
+
     def trigger_for(self, target: int, image_size: int) -> np.ndarray:
-        side = trigger_side(self.config.trigger_size, image_size)
+        return self.trigger_of_side(target, trigger_side(self.config.trigger_size, image_size))
+
+    def trigger_of_side(self, target: int, side: int) -> np.ndarray:
+        """The trigger of ``target``, ``side`` pixels square."""
         return make_trigger(self.config.trigger, side, [self.config.trigger_seed, target])
 
     def poison(self, train: ImageDataset, targets: list[int], rate: float, seed: int) -> Poisoning:
@@ -52,16 +87,35 @@ class HTBA(Attack):
         trigger = self.trigger_for(target, train.image_size)
         lo, hi = self.config.train_location
         chosen = choose_poisons(train.labels, target, rate, rng)
-        corners = sample_corners(len(chosen), train.image_size, len(trigger), lo, hi, rng)
         images = train.images.copy()
-        images[chosen] = paste(train.images[chosen], trigger, corners)
+        boxes = np.full((len(train), 4), -1, dtype=np.int64)
+        if self.config.paste_space == "native":
+            images[chosen], boxes[chosen] = self._paste_native(train, chosen, target, rng)
+        else:
+            corners = sample_corners(len(chosen), train.image_size, len(trigger), lo, hi, rng)
+            images[chosen] = paste(train.images[chosen], trigger, corners)
+            boxes[chosen] = boxes_from_corners(corners, len(trigger))
         mask = np.zeros(len(train), dtype=bool)
         mask[chosen] = True
         poison_target = np.where(mask, target, -1)
-        boxes = np.full((len(train), 4), -1, dtype=np.int64)
-        boxes[chosen] = boxes_from_corners(corners, len(trigger))
-        return Poisoning(ImageDataset(images, train.labels, train.classes), mask, poison_target,
-                         boxes, {target: trigger})
+        return Poisoning(ImageDataset(images, train.labels, train.classes, train.native_geometry), mask,
+                         poison_target, boxes, {target: trigger})
+
+    def _paste_native(self, train: ImageDataset, chosen: np.ndarray, target: int,
+                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """The poisons' stored pixels and boxes with the trigger pasted in their source images."""
+        if train.native_geometry is None:
+            raise BenchError(
+                f"attack {self.name}: paste_space = 'native' needs the images' source geometry, which "
+                "--dataset imagefolder records (a dataset cached before it lacks it: delete "
+                "<out>/cache/dataset/); other datasets are stored at their source size: "
+                f"--set attack.{self.name}.paste_space=crop")
+        geometry = train.native_geometry[chosen]
+        sizes = geometry[:, :2]
+        sides = native_sides(self.config.trigger_size, sizes)
+        corners = sample_native_corners(sizes, sides, *self.config.train_location, rng)
+        made = {int(s): self.trigger_of_side(target, int(s)) for s in np.unique(sides)}
+        return paste_native(train.images[chosen], [made[int(s)] for s in sides], corners, geometry)
 
     def patch_val(self, val: ImageDataset, target: int, seed: int) -> PatchedSet:
         rng = np.random.default_rng([seed, target, 1])

@@ -8,35 +8,59 @@ validation set with its own trigger.
 
 A cell with one target is widened to ``n_targets`` consecutive classes (t, t+1, ... mod the
 number of classes), or to the explicit ``targets``; a cell given as ``--targets 0+3+5`` is kept.
+
+Triggers must differ between the targets (issue #14): by default each target gets its own generated
+glyph (benchsuite.glyphs), distinct in structure and colour; ``trigger_dir`` gives class k the k-th
+PNG of a folder (HTBA's trigger_10.png ... trigger_19.png), ``trigger_files`` one file per class.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
 from benchsuite.api import Poisoning
 from benchsuite.attacks.htba import HTBA, HTBAConfig
+from benchsuite.cache import added_field
 from benchsuite.data import ImageDataset
 from benchsuite.errors import BenchError
+from benchsuite.glyphs import GLYPHS
 from benchsuite.hookspecs import hookimpl
-from benchsuite.triggers import make_trigger, trigger_side
+from benchsuite.triggers import GENERATED, glyph_number, make_trigger
 
 
 @dataclass(frozen=True)
 class MultiTargetConfig(HTBAConfig):
+    # 'glyph': a structured pattern per target, distinct by construction; 'random' (HTBA-style blobs, seeded
+    # per target) was the default before issue #14; a single PNG path is refused for several targets
+    trigger: str = "glyph"
     n_targets: int = 3  # targets of a cell given with one target (PoisonCAM: 2 and 3)
     targets: tuple[int, ...] = ()  # explicit targets for single-target cells, e.g. (0, 3, 5); overrides n_targets
     # target class -> trigger image path (TOML keys are strings, e.g. {"26" = "trigger_10.png"});
-    # targets not listed use ``trigger``, which must then be 'random' (seeded per target) to stay distinct
+    # targets not listed use ``trigger_dir`` or else ``trigger``, which must then be generated to stay distinct
     trigger_files: dict[str, str] = field(default_factory=dict)
+    # a folder of PNGs: class k gets the k-th by file name (PoisonCAM: trigger_10.png -> the first target)
+    trigger_dir: str = added_field("")
 
 
 class MultiTarget(HTBA):
     name = "multi_target"
     Config = MultiTargetConfig
     description = "HTBA with several (target, trigger) pairs in one poisoned set"
+
+    def __init__(self, config: MultiTargetConfig | None = None) -> None:
+        super().__init__(config)
+        files = dict(self.config.trigger_files)
+        if self.config.trigger_dir:  # resolved into trigger_files, so the files key the cache by content
+            found = _dir_triggers(Path(self.config.trigger_dir))
+            files = {**{str(k): str(path) for k, path in enumerate(found)}, **files}
+            self.config = replace(self.config, trigger_files=files)
+        for target, path in files.items():  # checked here so a run fails before any stage
+            if not Path(path).is_file():
+                raise BenchError(f"attack {self.name}: trigger file {path} of target {target} not found: fix "
+                                 "attack.multi_target.trigger_files")
 
     def cell_targets(self, targets: tuple[int, ...], num_classes: int) -> tuple[int, ...]:
         for t in targets:  # before widening, which would wrap an out-of-range class around
@@ -55,9 +79,14 @@ class MultiTarget(HTBA):
             raise BenchError(f"multi_target targets {targets} repeat a class: give distinct targets, e.g. 0+3+5")
         return targets
 
-    def trigger_for(self, target: int, image_size: int) -> np.ndarray:
-        side = trigger_side(self.config.trigger_size, image_size)
-        spec = self.config.trigger_files.get(str(target), self.config.trigger)
+    def trigger_of_side(self, target: int, side: int) -> np.ndarray:
+        spec = self.config.trigger_files.get(str(target))
+        if spec is None:
+            if self.config.trigger_dir:
+                raise BenchError(f"target class {target} has no trigger in trigger_dir {self.config.trigger_dir} "
+                                 "(class k takes its k-th PNG by name): add PNGs, pick lower targets, or map the "
+                                 "class in attack.multi_target.trigger_files")
+            spec = self.config.trigger
         return make_trigger(spec, side, [self.config.trigger_seed, target])
 
     def poison(self, train: ImageDataset, targets: list[int], rate: float, seed: int) -> Poisoning:
@@ -65,9 +94,15 @@ class MultiTarget(HTBA):
         if len(set(targets)) != len(targets):
             raise BenchError(f"multi_target targets {targets} repeat a class: give distinct targets, e.g. 0+3+5")
         shared = [t for t in targets if str(t) not in self.config.trigger_files]
-        if len(shared) > 1 and self.config.trigger != "random":
+        if len(shared) > 1 and self.config.trigger not in GENERATED:
             raise BenchError(f"targets {shared} would share the trigger file {self.config.trigger}: give each "
-                             "its own with attack.multi_target.trigger_files, or use trigger='random'")
+                             "its own with attack.multi_target.trigger_files, or use trigger='glyph'")
+        if self.config.trigger == "glyph":
+            glyphs, n = [glyph_number([self.config.trigger_seed, t]) for t in shared], len(GLYPHS)
+            if len(set(glyphs)) != len(glyphs):
+                raise BenchError(f"targets {shared} would share a glyph trigger (glyphs {glyphs}: class t takes "
+                                 f"glyph (trigger_seed + t) mod {n}): pick targets that differ mod {n}, or give "
+                                 "attack.multi_target.trigger_files or --trigger-dir")
         mask = np.zeros(len(train), dtype=bool)
         poison_target = np.full(len(train), -1, dtype=np.int64)
         boxes = np.full((len(train), 4), -1, dtype=np.int64)
@@ -82,6 +117,18 @@ class MultiTarget(HTBA):
             triggers.update(pair.triggers)
             current = pair.train
         return Poisoning(current, mask, poison_target, boxes, triggers)
+
+
+def _dir_triggers(folder: Path) -> list[Path]:
+    """The PNGs of a trigger folder, by file name."""
+    if not folder.is_dir():
+        raise BenchError(f"attack multi_target: trigger_dir {folder} is not a folder: give --trigger-dir a folder "
+                         "of PNGs (HTBA's: SSL-Backdoor poison-generation/triggers/)")
+    found = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png" and p.is_file())
+    if not found:
+        raise BenchError(f"attack multi_target: trigger_dir {folder} holds no .png file: give a folder of "
+                         "trigger PNGs (HTBA's: SSL-Backdoor poison-generation/triggers/)")
+    return found
 
 
 @hookimpl

@@ -40,7 +40,7 @@ CHUNK_PIXELS = 1 << 24  # pixels per batch on the device (~400 MB per float64 co
 @dataclass(frozen=True)
 class SpectralConfig:
     channels: tuple[int, ...] = (1, 2)  # YUV channels carrying the trigger: 0 = Y, 1 = U, 2 = V
-    positions: tuple[tuple[int, int], ...] = ((15, 15), (31, 31))  # (row, col) in each block; an int p = (p, p)
+    positions: tuple[tuple[int, int] | int, ...] = ((15, 15), (31, 31))  # (row, col) in each block; an int p = (p, p)
     window: int = 32  # DCT block side
     magnitude: float = 100.0  # added to each chosen coefficient, on the 0-255 scale
     rate_of: str = "target"  # 'target': rate = fraction of the target class; 'dataset': of the training set (CTRL)
@@ -149,6 +149,11 @@ class Spectral(Attack):
     name = "spectral"
     Config = SpectralConfig
     description = "CTRL: a fixed frequency-domain (block DCT, YUV) trigger on a fraction of the target class"
+
+    def poison_count(self, labels: np.ndarray, target: int, rate: float) -> int:
+        if self.config.rate_of == "dataset":  # CTRL's poison_ratio: a fraction of the training set
+            return int(rate * len(labels))
+        return super().poison_count(labels, target, rate)
 
     def poison(self, train: ImageDataset, targets: list[int], rate: float, seed: int) -> Poisoning:
         if len(targets) != 1:

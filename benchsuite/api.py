@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
 from benchsuite.data import ImageDataset
 from benchsuite.errors import BenchError
+from benchsuite.typed import coerce, field_types
 
 if TYPE_CHECKING:
     from torch import nn
@@ -41,14 +43,15 @@ class PatchedSet:
 
 
 def config_from_options(config_cls: type, options: dict[str, Any], owner: str) -> Any:
-    """Build a config dataclass from ``options``, refusing unknown keys with the known ones."""
-    known = {f.name: f for f in fields(config_cls)}
+    """Build a config dataclass from ``options``, refusing unknown keys with the known ones and values of the
+    wrong type (``trigger_size = "abc"``) by name."""
+    known = field_types(config_cls)
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise BenchError(
             f"unknown option(s) {', '.join(unknown)} for {owner}: known are {', '.join(known)}"
         )
-    return config_cls(**options)
+    return config_cls(**{k: coerce(known[k], v, f"{owner}.{k}") for k, v in options.items()})
 
 
 class Attack:
@@ -71,6 +74,11 @@ class Attack:
     def patch_val(self, val: ImageDataset, target: int, seed: int) -> PatchedSet:
         raise NotImplementedError
 
+    def poison_count(self, labels: np.ndarray, target: int, rate: float) -> int:
+        """How many images ``poison`` would poison for ``target`` at ``rate`` (default: a fraction of the target
+        class, as HTBA); the grid refuses a cell where it is 0."""
+        return int(rate * int((labels == target).sum()))
+
     def cell_targets(self, targets: tuple[int, ...], num_classes: int) -> tuple[int, ...]:
         """The targets a grid cell given as ``targets`` poisons (a multi-target attack may widen one)."""
         return targets
@@ -87,6 +95,9 @@ class Detection:
     remove: np.ndarray  # (N,) bool, the images the suite drops before retraining
     windows: np.ndarray | None = None  # (N, 4) x, y, w, h of the located trigger, -1 rows where none
     extras: dict[str, Any] = field(default_factory=dict)  # anything else worth keeping (small)
+    # the filter's decision on new (N, H, W, 3) uint8 images, as ``remove`` on the training set; the suite
+    # scores its pasting control with it right after ``detect`` (not cached). None: cannot judge new images
+    flag: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False)
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import timm
 import torch
 from timm.models.resnet import BasicBlock, ResNet
@@ -69,11 +71,54 @@ def feature_dim(model: nn.Module) -> int:
     return int(dim)
 
 
-def spatial_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """The last feature map before pooling, (B, C, h, w), for CAM-style defenses."""
+def spatial_features(model: nn.Module, images: torch.Tensor, layer: str | None = None) -> torch.Tensor:
+    """The last feature map before pooling, or with ``layer`` the output of that module, for CAM-style defenses.
+
+    ``layer`` is a module path (``layer3``, ``blocks.11.norm1``); ViT outputs are tokens (B, N, C).
+    """
+    return feature_maps(model, images, [layer])[0]
+
+
+def feature_maps(model: nn.Module, images: torch.Tensor, layers: Sequence[str | None]) -> list[torch.Tensor]:
+    """Outputs of the modules ``layers`` (None: ``forward_features``' output) in one forward pass."""
     if not hasattr(model, "forward_features"):
         raise BenchError(f"backbone {type(model).__name__} exposes no spatial features")
-    return model.forward_features(images)
+    found: dict[str, torch.Tensor] = {}
+    handles = [find_module(model, name).register_forward_hook(
+        lambda _m, _i, out, name=name: found.setdefault(name, out)) for name in layers if name is not None]
+    try:
+        last = model.forward_features(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [name for name in layers if name is not None and name not in found]
+    if missing:
+        raise BenchError(f"module {missing[0]!r} of {type(model).__name__} is not run by forward_features: "
+                         f"pick one of {', '.join(cam_stages(model)) or 'its feature stages'}")
+    return [last if name is None else found[name] for name in layers]
+
+
+def find_module(model: nn.Module, name: str) -> nn.Module:
+    """The submodule at path ``name``, or a one-line error listing the stages."""
+    try:
+        return model.get_submodule(name)
+    except AttributeError as err:
+        raise BenchError(f"cam_layer={name!r}: {type(model).__name__} has no such module; use auto, last or "
+                         f"a module path such as {', '.join(cam_stages(model)) or 'layer4'}") from err
+
+
+def cam_stages(model: nn.Module) -> dict[str, int]:
+    """The backbone's stages, shallow to deep, with their channels (timm ``feature_info``); {} if unknown."""
+    info = getattr(model, "feature_info", None) or []
+    return {str(i["module"]): int(i.get("num_chs", 0)) for i in info if isinstance(i, dict) and "module" in i}
+
+
+def vit_cam_module(model: nn.Module) -> str | None:
+    """``blocks.<last>.norm1`` of a timm ViT (PatchSearch's Grad-CAM target layer), None for other backbones."""
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, nn.Sequential | nn.ModuleList) or not blocks or not hasattr(model, "num_prefix_tokens"):
+        return None
+    return f"blocks.{len(blocks) - 1}.norm1" if hasattr(blocks[-1], "norm1") else None
 
 
 def _resnet(depth: int):

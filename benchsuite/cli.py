@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from rich.markup import escape
@@ -14,6 +15,7 @@ from benchsuite import __version__, distributed
 from benchsuite.config import PRESETS, apply_override, build_config, read_preset, with_method_recipe
 from benchsuite.console import console
 from benchsuite.errors import BenchError
+from benchsuite.malloc import keep_freed_memory
 from benchsuite.registry import SECTIONS, get_registry
 from benchsuite.results import load_results
 from benchsuite.tables import DEFAULT_LAYOUTS, LAYOUTS, latex_table, markdown_table, rich_table, table_width
@@ -67,6 +69,8 @@ def parser() -> argparse.ArgumentParser:
                      "with --epochs 0 the encoder is evaluated as it is")
     run.add_argument("--trigger", help="'random' or a trigger image path (patch attacks)")
     run.add_argument("--trigger-size", type=float, help="trigger side: pixels if > 1, else a fraction of the image")
+    run.add_argument("--trigger-dir", help="a folder of trigger PNGs for multi-target attacks: class k gets the "
+                     "k-th by file name (HTBA's trigger_10.png ... trigger_19.png)")
     run.add_argument("--reference", action=argparse.BooleanOptionalAction, default=None,
                      help="also train on the clean data for the clean-model ASR")
     run.add_argument("--device", help="auto, cpu or cuda[:N]")
@@ -101,6 +105,21 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--output", type=Path, help="HTML file (default: RUN_DIR/report.html)")
 
     sub.add_parser("list", help="list every registered attack, defense, dataset, SSL method and backbone")
+
+    doctor = sub.add_parser("doctor", help="what this machine can run, and how long a preset's grid would take here")
+    doctor.add_argument("--preset", default="smoke", help=f"{', '.join(PRESETS)} or a .toml file (default: smoke)")
+    for option in ("attack", "defense", "targets", "seeds", "rates", "dataset", "data-path", "ssl", "backbone"):
+        doctor.add_argument(f"--{option}", help=f"as for bench run --{option}")
+    doctor.add_argument("--epochs", type=int, help="pretraining epochs")
+    doctor.add_argument("--device", help="auto, cpu or cuda[:N] (with --gpu-check, cpu runs the checks on the CPU)")
+    doctor.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for bench run --set")
+    doctor.add_argument("--out", default="runs", help="folder whose free disk is reported; --gpu-check writes "
+                        "OUT/gpu-check/ (default: runs)")
+    doctor.add_argument("--gpu-check", action="store_true",
+                        help="exercise every CUDA path of the suite with small sizes; write a JSON and markdown report")
+    doctor.add_argument("--seconds", type=float, default=40.0, help=argparse.SUPPRESS)  # measurement budget
+    doctor.set_defaults(reference=None, download=False, checkpoint=None, trigger=None, trigger_size=None,
+                        trigger_dir=None)
     return ap
 
 
@@ -115,6 +134,24 @@ def _carried_options(dataset: dict, name: str) -> dict:
     except (BenchError, TypeError, ValueError):  # unknown loaders fail later with the known names
         return {}
     return {k: v for k, v in options.items() if k in accepted and accepted[k].kind != inspect.Parameter.VAR_KEYWORD}
+
+
+def _trigger_dir_attacks(attacks: list[str]) -> list[str]:
+    """The attacks of the grid that take ``--trigger-dir`` (a ``trigger_dir`` option)."""
+    registry = get_registry()
+    takers = [a for a in attacks if "trigger_dir" in {f.name for f in fields(registry.get("attack", a).Config)}]
+    if not takers:
+        raise BenchError(f"--trigger-dir gives each target class its own trigger, but none of the attacks "
+                         f"{', '.join(attacks)} takes one: add --attack multi_target, or give htba one file "
+                         "with --trigger PATH")
+    return takers
+
+
+def _check_folder(path: Path, option: str) -> None:
+    """Refuse a folder argument that is (or lies under) a file, before anything is written."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise BenchError(f"{option} {path}: {existing} is a file: pass a folder (it is created if missing)")
 
 
 def _config_from_args(args: argparse.Namespace):
@@ -154,6 +191,9 @@ def _config_from_args(args: argparse.Namespace):
             data.setdefault("attack", {}).setdefault(attack, {})["trigger"] = args.trigger
         if args.trigger_size is not None:
             data.setdefault("attack", {}).setdefault(attack, {})["trigger_size"] = args.trigger_size
+    if args.trigger_dir:
+        for attack in _trigger_dir_attacks(grid.get("attacks", ["htba"])):
+            data.setdefault("attack", {}).setdefault(attack, {})["trigger_dir"] = args.trigger_dir
     if args.device:
         data["device"] = args.device
     for assignment in args.set:
@@ -166,6 +206,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from benchsuite.grid import GridRunner
 
     config = _config_from_args(args)
+    _check_folder(Path(args.out), "--out")
     executor = ExecutorSpec(kind=args.executor, workers=args.workers, cluster=args.cluster,
                             slurm_partition=args.slurm_partition, timeout_min=args.slurm_time,
                             gpus_per_node=args.slurm_gpus, cpus_per_task=args.slurm_cpus)
@@ -223,6 +264,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    if args.gpu_check:
+        from benchsuite.gpu_check import gpu_check
+
+        _check_folder(Path(args.out), "--out")
+        return gpu_check(Path(args.out) / "gpu-check", args.device)
+    from benchsuite.doctor import doctor
+
+    if args.seconds <= 0:
+        raise BenchError(f"--seconds {args.seconds} must be > 0")
+    return doctor(_config_from_args(args), Path(args.out), args.seconds)
+
+
 def cmd_list(_: argparse.Namespace) -> int:
     registry = get_registry()
     titles = {"attack": "Attacks", "defense": "Defenses", "dataset": "Datasets", "ssl": "SSL methods",
@@ -250,12 +304,15 @@ def cmd_list(_: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_freed_memory()
     args = parser().parse_args(argv)
-    handlers = {"run": cmd_run, "table": cmd_table, "list": cmd_list, "publish": cmd_publish, "report": cmd_report}
+    handlers = {"run": cmd_run, "table": cmd_table, "list": cmd_list, "publish": cmd_publish, "report": cmd_report,
+                "doctor": cmd_doctor}
     try:
         return handlers[args.command](args)
     except BenchError as err:
-        console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+        message = " ".join(str(err).split())  # one line, whatever the message holds
+        console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print("interrupted: finished stages are cached; rerun the same command to resume")

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -15,6 +14,7 @@ import tomllib
 from benchsuite.errors import BenchError
 from benchsuite.eval.probe import ProbeConfig
 from benchsuite.ssl.trainer import TrainConfig
+from benchsuite.typed import from_dict
 
 PRESETS = ("smoke", "small", "small-cpu", "paper", "paper-mocov3-vitb", "paper-mocov2-r18", "paper-byol-r18")
 
@@ -43,6 +43,20 @@ class GridSpec:
     rates: tuple[float, ...] = (1.0,)  # fraction of each target class poisoned
     reference: bool = True  # also train the same recipe on the clean data (clean-model ASR)
 
+    def __post_init__(self) -> None:
+        examples = {"attacks": "--attack htba", "defenses": "--defense none", "targets": "--targets 0",
+                    "seeds": "--seeds 0", "rates": "--rates 1.0"}
+        for name, example in examples.items():
+            if not getattr(self, name):
+                raise BenchError(f"grid.{name} is empty: give at least one, e.g. {example}")
+        if any(not cell for cell in self.targets):
+            raise BenchError("grid.targets has an empty cell: give a class per cell, e.g. --targets 0,1")
+        if any(not 0 < r <= 1 for r in self.rates):
+            raise BenchError(f"grid.rates {list(self.rates)} must be in (0, 1] (a fraction of the target class): "
+                             "e.g. --rates 0.5,1.0")
+        if any(s < 0 for s in self.seeds):
+            raise BenchError(f"grid.seeds {list(self.seeds)} must be >= 0 (numpy seeds): e.g. --seeds 0,1,2")
+
 
 @dataclass(frozen=True)
 class SSLSpec:
@@ -65,69 +79,80 @@ class RunConfig:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     device: str = "auto"
 
+    def __post_init__(self) -> None:
+        _check_run(self)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def _convert(tp: Any, value: Any, where: str) -> Any:
-    """Coerce a TOML value to the annotated type (nested dataclasses, tuples, scalars, ``X | None``)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp):
-        if value is None:
-            return None
-        options = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(options) == 1:
-            tp, origin = options[0], typing.get_origin(options[0])
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise BenchError(f"{where} must be a table, got {value!r}")
-        return from_dict(tp, value, where)
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise BenchError(f"{where} must be a list, got {value!r}")
-        item = args[0]
-        return tuple(_convert(item, v, where) for v in value)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, float, str, bool) and not isinstance(value, tp):
-        raise BenchError(f"{where} must be {tp.__name__}, got {value!r}")
-    return value
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
-def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
-    """Build dataclass ``cls`` from a dict, refusing unknown keys by name."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise BenchError(f"unknown key(s) {', '.join(unknown)} in [{where}]: known are {', '.join(sorted(names))}")
-    return cls(**{k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()})
+def _check_run(config: RunConfig) -> None:
+    """Refuse settings that cannot give a measurement, before any stage runs."""
+    train, probe = config.train, config.probe
+    if train.epochs < 0:
+        raise BenchError(f"train.epochs = {train.epochs} must be >= 0: e.g. --epochs 15")
+    if train.epochs == 0 and not config.ssl.checkpoint:
+        raise BenchError("train.epochs = 0 would score a randomly initialised encoder: train at least one epoch, "
+                         "or evaluate a trained backbone with --checkpoint FILE --epochs 0")
+    if not probe.seeds:
+        raise BenchError("probe.seeds is empty: give at least one probe seed, e.g. --set probe.seeds=[4787]")
+    if probe.kind not in ("linear", "knn"):
+        raise BenchError(f"probe.kind {probe.kind!r} is not known: set probe.kind to linear or knn")
+    if not 0 < probe.label_fraction <= 1:
+        raise BenchError(f"probe.label_fraction = {probe.label_fraction} must be in (0, 1]: e.g. 0.01 (the papers)")
+    if probe.epochs < 1 or probe.knn_k < 1:
+        raise BenchError(f"probe.epochs = {probe.epochs} and probe.knn_k = {probe.knn_k} must be >= 1: fix them")
+    if not DEVICE.fullmatch(config.device):
+        raise BenchError(f"device {config.device!r}: use auto, cpu, cuda or cuda:N (e.g. --device cuda:0)")
 
 
-def read_preset(name_or_path: str) -> dict[str, Any]:
-    """The TOML table of a built-in preset (smoke, small, paper) or of a .toml file."""
+def _preset_source(name_or_path: str, folder: Path | None) -> tuple[str, str, str, Path | None]:
+    """(text, name, identity, folder) of a built-in preset or a .toml file; a relative ``extends`` path is
+    looked up beside the preset that names it first."""
     path = Path(name_or_path)
+    if path.suffix == ".toml":
+        if folder is not None and not path.is_absolute() and (folder / path).is_file():
+            path = folder / path
+        if not path.is_file():
+            raise BenchError(f"preset file {path} not found: check the path")
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise BenchError(f"preset {path} is not UTF-8 ({err.reason} at byte {err.start}): save it as UTF-8") \
+                from err
+        except OSError as err:
+            raise BenchError(f"preset {path} cannot be read ({err.strerror}): check the path") from err
+        return text, path.stem, str(path.resolve()), path.resolve().parent
+    if name_or_path in PRESETS:
+        text = resources.files("benchsuite.presets").joinpath(f"{name_or_path}.toml").read_text(encoding="utf-8")
+        return text, name_or_path, f"built-in {name_or_path}", None
+    raise BenchError(f"unknown preset {name_or_path!r}: use {', '.join(PRESETS)} or a .toml file")
+
+
+def read_preset(name_or_path: str, _chain: tuple[str, ...] = (), _folder: Path | None = None) -> dict[str, Any]:
+    """The TOML table of a built-in preset (smoke, small, paper) or of a .toml file, with its ``extends``
+    chain merged in (a cycle is refused)."""
+    text, name, identity, folder = _preset_source(name_or_path, _folder)
+    if identity in _chain:
+        if identity == _chain[-1]:
+            raise BenchError(f"preset {name_or_path} extends itself: remove or fix its `extends` key")
+        cycle = " -> ".join([*_chain[_chain.index(identity):], identity])
+        raise BenchError(f"preset extends cycle: {cycle}: remove one of these `extends` keys")
     try:
-        if path.suffix == ".toml":
-            if not path.is_file():
-                raise BenchError(f"preset file {path} not found: check the path")
-            text, name = path.read_text(), path.stem
-        elif name_or_path in PRESETS:
-            text = resources.files("benchsuite.presets").joinpath(f"{name_or_path}.toml").read_text()
-            name = name_or_path
-        else:
-            raise BenchError(f"unknown preset {name_or_path!r}: use {', '.join(PRESETS)} or a .toml file")
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise BenchError(f"preset {name_or_path} is not valid TOML ({err}): fix the file") from err
     data.setdefault("preset", name)
     base = data.pop("extends", None)
-    if base is not None:  # a preset may start from another and change only what differs
-        if base == name_or_path:
-            raise BenchError(f"preset {name_or_path} extends itself: fix its `extends` key")
-        return _merged(read_preset(base), data)
-    return data
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise BenchError(f"preset {name_or_path}: extends = {base!r} must be a preset name or a .toml path")
+    # a preset may start from another and change only what differs
+    return _merged(read_preset(base, (*_chain, identity), folder), data)
 
 
 def _merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:

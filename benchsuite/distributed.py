@@ -3,9 +3,10 @@
 ``bench run`` under ``torchrun --nproc_per_node N`` runs the same program on every rank. Every
 rank walks the grid; a stage other than pretraining is computed by rank 0 alone while the others
 wait on a barrier and then read rank 0's cached result (:func:`run_stage`). Pretraining is
-collective: each rank trains on its share of every global batch, BatchNorm statistics are
-synchronised over the global batch, the methods gather keys and negatives across ranks, and the
-gradients are averaged with one all-reduce per optimiser step (:func:`average_gradients`; plain
+collective (rank 0 holds the stage's file lock while the ranks train, see ``StageCache.run``):
+each rank trains on its share of every global batch, BatchNorm statistics are synchronised
+over the global batch, the methods gather keys and negatives across ranks, and the gradients
+are averaged with one all-reduce per optimiser step (:func:`average_gradients`; plain
 all-reduce rather than DDP because the methods train through ``loss()``, not ``forward()``, and
 gradient accumulation then needs nothing more). Only rank 0 writes files.
 
@@ -121,18 +122,14 @@ def mean(value: float) -> float:
     return float(t.item()) / world_size()
 
 
-def run_stage(stage: str, is_done: Callable[[], bool], load: Callable[[], T], compute: Callable[[], T],
-              run_on_rank0: Callable[[], T]) -> T:
-    """A cached stage on every rank.
+def run_stage(load: Callable[[], T], run_on_rank0: Callable[[], T]) -> T:
+    """A cached stage that rank 0 computes alone (every stage but pretraining).
 
-    Pretraining: rank 0 says whether the stage is finished; if not, every rank runs ``compute``
-    (without the stage's file lock, which would stop the ranks on one machine from meeting).
-    Any other stage: rank 0 runs it by itself (``run_on_rank0``: the cache's usual load-or-compute),
-    the others wait on a barrier, then ``load`` what rank 0 cached.
+    Rank 0 runs it by itself (``run_on_rank0``: the cache's usual load-or-compute under the stage
+    lock), the others wait on a barrier, then ``load`` what rank 0 cached. Pretraining, which every
+    rank computes, goes through :meth:`benchsuite.cache.StageCache.run` too: rank 0 takes the stage
+    lock, loads (or repairs) and broadcasts whether the ranks train.
     """
-    if stage in COLLECTIVE_STAGES:
-        done = broadcast_object(is_done() if is_main() else None)
-        return load() if done else compute()
     if is_main():
         with alone():
             result = run_on_rank0()

@@ -47,7 +47,7 @@ def print_plan(runner: GridRunner) -> None:
     for cell in runner._cells():
         poison_key = p.poison_key(cell)
         threat_key = p.pretrain_key(poison_key, cell.seed)
-        row = [cell.label, "[green]done[/]" if runner.cell_file(cell).is_file() else "[yellow]to do[/]",
+        row = [cell.label, "[green]done[/]" if runner.load_cell(cell) is not None else "[yellow]to do[/]",
                _mark(p.cache.is_done("poison", poison_key)), _mark(p.cache.is_done("pretrain", threat_key))]
         row += [defense_status(runner, cell, d, poison_key, threat_key) for d in runner.defenses[1:]]
         if runner.config.grid.reference:

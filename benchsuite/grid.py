@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,15 +14,16 @@ import pandas as pd
 from benchsuite import __version__, distributed
 from benchsuite.api import ComposedDefense, Defense, Poisoning
 from benchsuite.cache import stable_hash
-from benchsuite.checkpoint import save_json
+from benchsuite.checkpoint import copy_file, save_json, sweep_temp_files
 from benchsuite.config import RunConfig
-from benchsuite.console import console
+from benchsuite.console import note, set_log_file
 from benchsuite.errors import BenchError
 from benchsuite.eval.detection import (
     per_target_detection,
     removal_metrics,
     retrieval_curve,
     topk_accuracy,
+    topk_window_accuracy,
     window_metrics,
 )
 from benchsuite.executors import ExecutorSpec, execute
@@ -31,6 +31,7 @@ from benchsuite.pipeline import Cell, Encoder, Pipeline
 from benchsuite.provenance import collect
 from benchsuite.registry import Registry
 from benchsuite.results import REFERENCE_DEFENSE, save_results
+from benchsuite.validate import check_config, check_poison_counts
 
 
 def cells(config: RunConfig, expand: Callable[[str, tuple[int, ...]], tuple[int, ...]] | None = None) -> list[Cell]:
@@ -58,8 +59,9 @@ class GridRunner:
         self.out = Path(out)
         self.run_dir = self.out / run_id(config)
         self.pipeline = Pipeline(config, registry, self.out / "cache")
-        registry.get("dataset", config.dataset.name)
-        registry.get("ssl", config.ssl.method)
+        self._cell_stages: dict[Cell, list[list[str]]] = {}  # the (stage, key) pairs each cell ran through
+        self._cell_curves: dict[Cell, list[dict[str, Any]]] = {}  # train.snapshots: the learning curve rows
+        check_config(config, registry)  # every option of every section, before any stage runs
         # the threat encoder is trained for every cell anyway, so its "w/o Defense" column always comes first
         names = ["none", *[d for d in config.grid.defenses if d != "none"]]
         self.defenses = [self.pipeline.defense(name) for name in names]
@@ -85,6 +87,7 @@ class GridRunner:
         executor = executor or ExecutorSpec()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if distributed.is_main():  # under torchrun rank 0 alone writes the run's files
+            sweep_temp_files(self.out)  # what a killed run left half-written
             save_json(self.run_dir / "config.json", {"version": __version__, "config": self.config.to_dict()})
             save_json(self.run_dir / "provenance.json", collect(self.pipeline.device))
         splits = self.pipeline.splits()
@@ -92,30 +95,70 @@ class GridRunner:
         for cell in all_cells:
             for t in cell.targets:
                 splits.check_target(t)
-        console.log(f"run directory: {self.run_dir}")
-        finished = {cell: self.load_cell(cell) for cell in all_cells if self.cell_file(cell).is_file()}
+        check_poison_counts(splits, [(self.pipeline.attack(c.attack), c.targets, c.rate) for c in all_cells])
+        set_log_file(self.run_dir / "run.log")
+        note(f"run directory: {self.run_dir}")
+        finished = {cell: rows for cell in all_cells if (rows := self.load_cell(cell)) is not None}
         pending = [cell for cell in all_cells if cell not in finished]
         if finished:
-            console.log(f"{len(finished)} of {len(all_cells)} cells already finished")
+            note(f"{len(finished)} of {len(all_cells)} cells already finished")
 
         def ordered_rows() -> list[dict[str, Any]]:
             return [row for cell in all_cells if cell in finished for row in finished[cell]]
 
         for cell, rows in execute(self.config, self.out, pending, executor, self.run_dir / "submitit"):
             finished[cell] = rows
-            console.log(f"cell {len(finished)}/{len(all_cells)} done: {cell.label}")
+            note(f"cell {len(finished)}/{len(all_cells)} done: {cell.label}")
             save_results(self.run_dir, ordered_rows())
+            self._save_curve(all_cells, finished)
+        self._save_curve(all_cells, finished)
         return save_results(self.run_dir, ordered_rows())
+
+    def _save_curve(self, all_cells: list[Cell], finished: dict[Cell, Any]) -> None:
+        """With ``train.snapshots``: ``<run>/curve.csv`` and ``figures/curve.png`` of the cells finished so far."""
+        if self.config.train.snapshots and distributed.is_main():
+            from benchsuite.eval.curve import save_curve  # matplotlib: only when there is a curve
+
+            save_curve(self.run_dir, [row for cell in all_cells if cell in finished for row in self.load_curve(cell)])
+
+    def load_curve(self, cell: Cell) -> list[dict[str, Any]]:
+        """The learning-curve rows saved with a finished cell (none without ``train.snapshots``)."""
+        try:
+            return json.loads(self.cell_file(cell).read_text()).get("curve", [])
+        except (OSError, ValueError, AttributeError):
+            return []
 
     def cell_file(self, cell: Cell) -> Path:
         return self.run_dir / "cells" / f"{cell_slug(cell)}.json"
 
-    def save_cell(self, cell: Cell, rows: list[dict[str, Any]]) -> None:
-        if distributed.is_main():
-            save_json(self.cell_file(cell), rows)
+    def cell_inputs(self, cell: Cell) -> dict[str, str]:
+        """The keys a cell's stages derive from: its poisoned set and threat encoder (data, trigger and
+        start-checkpoint content included), so a cell result goes stale when any of them changes."""
+        poison_key = self.pipeline.poison_key(cell)
+        return {"poison": poison_key, "threat": self.pipeline.pretrain_key(poison_key, cell.seed)}
 
-    def load_cell(self, cell: Cell) -> list[dict[str, Any]]:
-        return json.loads(self.cell_file(cell).read_text())
+    def save_cell(self, cell: Cell, rows: list[dict[str, Any]]) -> None:
+        """Write a cell's rows with the keys of its inputs and of the stages they came from."""
+        if distributed.is_main():
+            stages = self._cell_stages.get(cell, [])
+            curve = {"curve": self._cell_curves[cell]} if cell in self._cell_curves else {}
+            save_json(self.cell_file(cell), {"inputs": self.cell_inputs(cell), "stages": stages, "rows": rows,
+                                             **curve})
+
+    def load_cell(self, cell: Cell) -> list[dict[str, Any]] | None:
+        """A finished cell's rows, or None when it must run (again): no result yet, or a stale one
+        (its inputs changed, or a stage it came from is no longer cached)."""
+        try:
+            saved = json.loads(self.cell_file(cell).read_text())
+        except (OSError, ValueError):  # missing, or unreadable: run the cell (its stages are cached)
+            return None
+        if not isinstance(saved, dict) or saved.get("inputs") != self.cell_inputs(cell):
+            return None
+        if not all(self.pipeline.cache.is_done(stage, key) for stage, key in saved.get("stages", [])):
+            return None
+        if any("patched_confusion" not in row for row in saved["rows"]):  # a cell run before the column
+            return None
+        return saved["rows"]
 
     def _cells(self) -> list[Cell]:
         """The cells with the targets each attack poisons (a multi-target attack widens a one-target cell)."""
@@ -124,17 +167,34 @@ class GridRunner:
 
     def run_cell(self, cell: Cell) -> list[dict[str, Any]]:
         p = self.pipeline
+        used = len(p.cache.used)
         poisoning, poison_key = p.poisoning(cell)
         n_poison = int(poisoning.poison_mask.sum())
+        self._attack_pictures(cell, poisoning)
         threat = p.encoder(poisoning.train.images, poison_key, cell.seed, label=f"pretrain {cell.label}")
         rows = []
         for defense in self.defenses:
             rows += self._run_defense(defense, cell, poisoning, poison_key, threat, n_poison)
+        models = [("poisoned", threat)]
         if self.config.grid.reference:
             clean = self.clean_encoder(cell)
+            models.append(("clean", clean))
             for metrics in p.evaluate(clean, cell):
                 rows.append({**self._base_row(cell, REFERENCE_DEFENSE, clean.key), **metrics,
                              "n_train": len(p.splits().train), "n_poison": 0})
+        if self.config.train.snapshots:
+            self._cell_curves[cell] = [row for model, encoder in models for row in self._curve(cell, model, encoder)]
+        self._cell_stages[cell] = [["dataset", p.dataset_stage_key],
+                                   *map(list, dict.fromkeys(p.cache.used[used:]))]
+        return rows
+
+    def _curve(self, cell: Cell, model: str, encoder: Encoder) -> list[dict[str, Any]]:
+        """The probe metrics of ``encoder`` at each snapshot epoch (each probe cached like any other)."""
+        rows = []
+        for epoch, snapshot in self.pipeline.snapshots(encoder):
+            base = {**self._base_row(cell, model, snapshot.key), "cell": cell_slug(cell), "model": model,
+                    "epoch": epoch}
+            rows += [{**base, **metrics} for metrics in self.pipeline.evaluate(snapshot, cell)]
         return rows
 
     def clean_encoder(self, cell: Cell) -> Encoder:
@@ -146,6 +206,16 @@ class GridRunner:
     def _cell_folder(self, cell: Cell) -> Path:
         return self.run_dir / "figures" / cell_slug(cell)
 
+    def _attack_pictures(self, cell: Cell, poisoning: Poisoning) -> None:
+        """Save the cell's triggers, poisoned and patched images (issue #14) before any training."""
+        from benchsuite.attack_pictures import save_attack_pictures  # matplotlib: only when a cell runs
+
+        p = self.pipeline
+        patched = {t: p.patched_val(cell.attack, t, cell.seed) for t in cell.targets}  # every rank: cached stage
+        if distributed.is_main():
+            save_attack_pictures(self._cell_folder(cell), p.attack(cell.attack), poisoning, p.splits(), patched,
+                                 title=cell.label)
+
     def _link_figures(self, workdir: Path, cell: Cell, name: str) -> str:
         """Copy a defense's pictures (retrieved patches, attention maps) into ``<run>/figures/``."""
         folder = self._cell_folder(cell)
@@ -153,7 +223,7 @@ class GridRunner:
         for png in sorted(Path(workdir).glob("*.png")):
             if distributed.is_main():
                 folder.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(png, folder / f"{name}_{png.name}")
+                copy_file(png, folder / f"{name}_{png.name}")
             copied.append(str((folder / f"{name}_{png.name}").relative_to(self.run_dir)))
         return ";".join(copied)
 
@@ -174,7 +244,9 @@ class GridRunner:
                                title=cell.label)
             figures = ";".join(filter(None, [figures, str(pr.relative_to(self.run_dir))]))
         metrics = {**removal_metrics(remove, poisoning.poison_mask),
+                   "control_flag_rate": detection.extras.get("control_flag_rate", float("nan")),
                    **topk_accuracy(detection.scores, poisoning.poison_mask),
+                   **topk_window_accuracy(detection.scores, detection.windows, poisoning.boxes),
                    **window_metrics(detection.scores, detection.windows, poisoning.boxes),
                    "figures": ";".join(filter(None, [figures, str(plot.relative_to(self.run_dir))]))}
         per_target = per_target_detection(remove, detection.scores, detection.windows, poisoning.boxes,
@@ -200,6 +272,9 @@ class GridRunner:
         else:  # model: judge the threat and the clean encoder, evaluate the repaired threat encoder
             verdict, workdir = p.inspect(defense, threat, cell.seed)
             clean_verdict, _ = p.inspect(defense, self.clean_encoder(cell), cell.seed)
+            for which, v in (("poisoned", verdict), ("clean", clean_verdict)):
+                for warning in v.extras.get("warnings", []):
+                    note(f"warning: {defense.name} on the {which} encoder of {cell.label}: {warning}")
             extra.update(trojaned=verdict.trojaned, anomaly_index=verdict.anomaly_index, flagged=verdict.flagged,
                          clean_trojaned=clean_verdict.trojaned, clean_anomaly_index=clean_verdict.anomaly_index,
                          figures=self._link_figures(workdir, cell, defense.name))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass
@@ -23,18 +24,25 @@ from benchsuite.api import (
     config_from_options,
 )
 from benchsuite.backbones import timm_backbone
-from benchsuite.cache import StageCache, stable_hash
+from benchsuite.cache import StageCache, array_digest, file_inputs, path_fingerprint, stable_hash
 from benchsuite.checkpoint import atomic_write, load_into, save_json, save_tensors
 from benchsuite.config import RunConfig
 from benchsuite.console import console
 from benchsuite.data import ImageDataset, Splits
 from benchsuite.errors import BenchError
+from benchsuite.eval.detection import CONTROL_SIZE, pasting_control
 from benchsuite.eval.features import extract_features
-from benchsuite.eval.metrics import accuracy, attack_success_rate, confusion_matrix, false_positives
+from benchsuite.eval.metrics import (
+    accuracy,
+    attack_success_rate,
+    confusion_matrix,
+    false_positives,
+    prediction_shares,
+)
 from benchsuite.eval.probe import fit_probe
 from benchsuite.registry import Registry
 from benchsuite.ssl.base import SSLMethod
-from benchsuite.ssl.trainer import pretrain
+from benchsuite.ssl.trainer import pretrain, snapshot_path
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,10 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _nan_if_none(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -115,39 +127,100 @@ class Pipeline:
         self.cache = StageCache(cache_root)
         self.device = distributed.setup(resolve_device(config.device))  # torchrun: this rank's GPU
         self._splits: Splits | None = None
-        self.dataset_key = stable_hash("dataset", config.dataset)
+        self._data_key: str | None = None
+        self._dataset_stage_key: str | None = None
+        self._dataset_files: dict[str, Any] = {}
+        self._attack_inputs: dict[str, tuple[dict[str, str], ...]] = {}
+        self._start_hash: str | None = None
 
     # -- data ---------------------------------------------------------------------------------
+    def _dataset_inputs(self) -> dict[str, Any]:
+        """The files the dataset is read from: the resolved path and a fingerprint of what is there."""
+        spec, inputs = self.config.dataset, {}
+        found = path_fingerprint(spec.path) if spec.path else None
+        if found:
+            inputs["path"] = found
+        if option_files := file_inputs(spec.options):  # e.g. imagefolder's class_list
+            inputs["options"] = option_files
+        return inputs
+
+    @property
+    def dataset_stage_key(self) -> str:
+        """The dataset stage's key: the spec, plus the files it reads (by content) when it reads any."""
+        if self._dataset_stage_key is None:
+            self._dataset_files = self._dataset_inputs()
+            inputs = [self._dataset_files] if self._dataset_files else []
+            self._dataset_stage_key = stable_hash("dataset", self.config.dataset, *inputs)
+        return self._dataset_stage_key
+
+    @property
+    def dataset_key(self) -> str:
+        """The data key of every stage downstream of the dataset.
+
+        A dataset read from files is keyed by the content of the arrays loaded from them, so a touched
+        or moved but unchanged folder retrains nothing; a generated one by its spec.
+        """
+        self.splits()
+        assert self._data_key is not None
+        return self._data_key
+
     def splits(self) -> Splits:
         """The dataset, generated or loaded once and cached as arrays."""
         if self._splits is not None:
             return self._splits
-        key, spec = self.dataset_key, self.config.dataset
+        key, spec = self.dataset_stage_key, self.config.dataset
+        by_content = key != stable_hash("dataset", spec)
         path = self.cache.dir("dataset", key) / "data.npz"
 
         def load() -> Splits:
+            if by_content:
+                self._data_key = stable_hash("data", self.cache.meta("dataset", key)["content"])
             with np.load(path) as d:
                 classes = json.loads(str(d["classes"]))
-                return Splits(ImageDataset(d["train_x"], d["train_y"], classes),
-                              ImageDataset(d["val_x"], d["val_y"], classes))
+                geometry = {k: d[k] if k in d.files else None for k in ("train_geometry", "val_geometry")}
+                return Splits(ImageDataset(d["train_x"], d["train_y"], classes, geometry["train_geometry"]),
+                              ImageDataset(d["val_x"], d["val_y"], classes, geometry["val_geometry"]))
 
         def compute() -> Splits:
             loader = self.registry.get("dataset", spec.name)
             options = dict(spec.options)
-            if spec.path:
-                options["path"] = spec.path
+            if spec.path:  # resolved: what was fingerprinted, whatever the working directory
+                options["path"] = str(Path(spec.path).expanduser().resolve())
             with console.status(f"loading dataset {spec.name}"):
                 splits = loader(**options)
+            geometry = {f"{name}_geometry": part.native_geometry for name, part in
+                        (("train", splits.train), ("val", splits.val)) if part.native_geometry is not None}
             _save_arrays(path, train_x=splits.train.images, train_y=splits.train.labels,
                          val_x=splits.val.images, val_y=splits.val.labels,
-                         classes=np.array(json.dumps(splits.classes)))
-            self.cache.mark_done("dataset", key, {"spec": spec, "train": len(splits.train), "val": len(splits.val)})
+                         classes=np.array(json.dumps(splits.classes)), **geometry)
+            content = array_digest(splits.train.images, splits.train.labels, splits.val.images, splits.val.labels,
+                                   np.array(json.dumps(splits.classes)), *geometry.values()) if by_content else None
+            self.cache.mark_done("dataset", key, {"spec": spec, "train": len(splits.train), "val": len(splits.val),
+                                                  "inputs": self._dataset_files, "content": content})
+            if by_content:
+                self._data_key = stable_hash("data", content)
             return splits
 
-        self._splits = self.cache.run("dataset", key, load, compute)
-        return self._splits
+        splits = self.cache.run("dataset", key, load, compute)
+        if not by_content:
+            self._data_key = stable_hash("dataset", spec)  # the key before datasets were keyed by content
+        self._splits = splits
+        return splits
 
     # -- attack -------------------------------------------------------------------------------
+    def attack_inputs(self, name: str) -> tuple[dict[str, str], ...]:
+        """The content digests of the files an attack's options name (trigger images); () when none."""
+        if name not in self._attack_inputs:
+            config = self.attack(name).config
+            found = file_inputs(config)
+            # multi_target's default trigger became 'glyph' (issue #14): keyed when left to a default other
+            # than 'random', so the stages keyed by the raw options change; named triggers keep their keys
+            trigger = getattr(config, "trigger", "random")
+            default = {"trigger": trigger} if trigger != "random" and "trigger" not in self.config.attack.get(
+                name, {}) else {}
+            self._attack_inputs[name] = tuple(part for part in (found, default) if part)
+        return self._attack_inputs[name]
+
     def attack(self, name: str) -> Attack:
         cls = self.registry.get("attack", name)
         return cls(config_from_options(cls.Config, self.config.attack.get(name, {}), f"attack {name}"))
@@ -178,12 +251,14 @@ class Pipeline:
 
     def poison_key(self, cell: Cell) -> str:
         attack = self.attack(cell.attack)
-        return stable_hash("poison", self.dataset_key, cell.attack, attack.config, cell.targets, cell.rate, cell.seed)
+        return stable_hash("poison", self.dataset_key, cell.attack, attack.config, cell.targets, cell.rate, cell.seed,
+                           *self.attack_inputs(cell.attack))
 
     def patched_val(self, attack_name: str, target: int, seed: int) -> PatchedSet:
         """The validation set with ``target``'s trigger on every image (cached)."""
         attack = self.attack(attack_name)
-        key = stable_hash("patched", self.dataset_key, attack_name, attack.config, target, seed)
+        key = stable_hash("patched", self.dataset_key, attack_name, attack.config, target, seed,
+                          *self.attack_inputs(attack_name))
         path = self.cache.dir("patched", key) / "patched.npz"
 
         def load() -> PatchedSet:
@@ -228,6 +303,9 @@ class Pipeline:
 
         def load() -> Encoder:
             load_into(method.backbone, workdir / "encoder.safetensors")
+            for epoch in self.config.train.snapshots:  # a missing snapshot: the stage is moved aside and rerun
+                if epoch < self.config.train.epochs and not snapshot_path(workdir, epoch).is_file():
+                    raise FileNotFoundError(f"{snapshot_path(workdir, epoch).name} is missing")
             return Encoder(key, method.backbone)
 
         def compute() -> Encoder:
@@ -242,10 +320,25 @@ class Pipeline:
 
         return self.cache.run("pretrain", key, load, compute)
 
+    def snapshots(self, encoder: Encoder) -> list[tuple[int, Encoder]]:
+        """(epoch, encoder) at each ``train.snapshots`` epoch and the last one of a pretrained ``encoder``;
+        the last is ``encoder`` itself, so its probe is the one of the results row."""
+        train, found = self.config.train, []
+        for epoch in sorted({*train.snapshots, train.epochs}):
+            if epoch == train.epochs:
+                found.append((epoch, encoder))
+                continue
+            backbone = copy.deepcopy(encoder.backbone)  # the same architecture, without touching the torch RNG
+            load_into(backbone, snapshot_path(self.cache.dir("pretrain", encoder.key), epoch))
+            found.append((epoch, Encoder(stable_hash("snapshot", encoder.key, epoch), backbone)))
+        return found
+
     def pretrain_key(self, data_key: str, seed: int, training: Defense | None = None) -> str:
         """The cache key of an encoder: its data, recipe, seed, start checkpoint and training-time defense."""
         start = self.config.ssl.checkpoint
-        start_hash = file_digest(Path(start)) if start else None
+        if start and self._start_hash is None:  # read once: a large checkpoint keys every cell
+            self._start_hash = file_digest(Path(start))
+        start_hash = self._start_hash if start else None
         defended = () if training is None else (training.name, training.config)
         return stable_hash("pretrain", data_key, self.config.ssl, self.config.train, seed, start_hash, *defended)
 
@@ -265,7 +358,7 @@ class Pipeline:
     def evaluate(self, encoder: Encoder, cell: Cell) -> list[dict[str, Any]]:
         """Linear/kNN probe on the clean labelled split; ACC/FP/ASR on clean and patched val per target."""
         key = stable_hash("probe", encoder.key, self.config.probe, cell.attack, self.config.attack.get(cell.attack),
-                          cell.targets, cell.seed)
+                          cell.targets, cell.seed, *self.attack_inputs(cell.attack))
         path = self.cache.dir("probe", key) / "metrics.json"
 
         def compute() -> list[dict[str, Any]]:
@@ -275,7 +368,8 @@ class Pipeline:
             val_f = self.features(encoder, splits.val.images, "val", self.dataset_key)
             patched = {t: self.patched_val(cell.attack, t, cell.seed) for t in cell.targets}
             patched_f = {t: self.features(encoder, p.images, f"patched-{cell.attack}-{t}-{cell.seed}",
-                                          stable_hash(self.dataset_key, self.config.attack.get(cell.attack)))
+                                          stable_hash(self.dataset_key, self.config.attack.get(cell.attack),
+                                                      *self.attack_inputs(cell.attack)))
                          for t, p in patched.items()}
             per_seed = []
             for probe_seed in self.config.probe.seeds:
@@ -290,13 +384,22 @@ class Pipeline:
                                    accuracy(p), attack_success_rate(p, t), false_positives(p, t)]
                                   for c, p in (s[t] for s in per_seed)])
                 mean = stats.mean(0)
+                # where trigger t sends the non-target images, % per predicted class (issue #14)
+                shares = np.mean([prediction_shares(s[t][1], t) for s in per_seed], axis=0)
                 rows.append(dict(target=t, clean_acc=mean[0], clean_asr=mean[1], clean_fp=mean[2],
-                                 patched_acc=mean[3], patched_asr=mean[4], patched_fp=mean[5]))
+                                 patched_acc=mean[3], patched_asr=mean[4], patched_fp=mean[5],
+                                 patched_confusion=[round(float(v), 2) for v in shares]))
             save_json(path, rows)
             self.cache.mark_done("probe", key, {"encoder": encoder.key})
             return rows
 
-        return self.cache.run("probe", key, lambda: json.loads(path.read_text()), compute)
+        def load() -> list[dict[str, Any]]:
+            rows = json.loads(path.read_text())
+            if any("patched_confusion" not in row for row in rows):  # probed before the column: probe again
+                raise FileNotFoundError(f"{path} lacks patched_confusion")
+            return rows
+
+        return self.cache.run("probe", key, load, compute)
 
     # -- defenses -----------------------------------------------------------------------------
     def defense(self, name: str) -> Defense:
@@ -319,9 +422,11 @@ class Pipeline:
 
         def load() -> Detection:
             extras = json.loads((workdir / "extras.json").read_text()) if (workdir / "extras.json").is_file() else {}
+            control_file = workdir / "control.json"
+            control = json.loads(control_file.read_text())["control_flag_rate"] if control_file.is_file() else None
             with np.load(path) as d:
                 return Detection(d["scores"], d["remove"], d["windows"] if "windows" in d.files else None,
-                                 {**extras, "workdir": str(workdir)})
+                                 {**extras, "workdir": str(workdir), "control_flag_rate": _nan_if_none(control)})
 
         def compute() -> Detection:
             images = poisoning.train.images
@@ -336,13 +441,18 @@ class Pipeline:
             windows = None if detection.windows is None else np.asarray(detection.windows, dtype=np.int64)
             _save_arrays(path, scores=scores, remove=remove, **({} if windows is None else {"windows": windows}))
             save_json(workdir / "extras.json", detection.extras)
+            # the pasting control, built here from the ground truth the defense never saw
+            control = pasting_control(detection.flag, poisoning, seed)
+            save_json(workdir / "control.json", {"control_flag_rate": None if np.isnan(control) else control})
             self.cache.mark_done("detect", key, {"defense": defense.name, "removed": int(remove.sum())})
-            return Detection(scores, remove, windows, {**detection.extras, "workdir": str(workdir)})
+            return Detection(scores, remove, windows, {**detection.extras, "workdir": str(workdir),
+                                                       "control_flag_rate": control})
 
         return self.cache.run("detect", key, load, compute)
 
     def detect_key(self, defense: Defense, threat_key: str, poison_key: str, seed: int) -> str:
-        return stable_hash("detect", defense.name, defense.config, threat_key, poison_key, seed)
+        # CONTROL_SIZE: the stage also scores the pasting control (older cached detections lack it)
+        return stable_hash("detect", defense.name, defense.config, threat_key, poison_key, seed, CONTROL_SIZE)
 
     # -- model defenses -----------------------------------------------------------------------
     def model_context(self, defense: Defense, encoder: Encoder, seed: int, workdir: Path) -> DefenseContext:
@@ -383,8 +493,10 @@ class Pipeline:
         weights = workdir / "encoder.safetensors"
 
         def load() -> Encoder:
-            if not weights.is_file():  # the defense repaired nothing
-                return encoder
+            if not weights.is_file():
+                if self.cache.meta("mitigate", key).get("repaired"):
+                    raise BenchError(f"the repaired encoder {weights} is missing")
+                return encoder  # the defense repaired nothing
             backbone = self.build_method().backbone
             load_into(backbone, weights)
             return Encoder(key, backbone)

@@ -27,8 +27,9 @@ IDENTITY = ["dataset", "attack", "targets", "target", "rate", "seed", "defense",
 METRIC_SETS = {
     "probe": ["clean_acc", "clean_fp", "clean_asr", "patched_acc", "patched_fp", "patched_asr", "n_train", "n_poison",
               "probe", "label_fraction"],
-    "detection": ["removed", "recall", "precision", "top5_acc", "top10_acc", "top20_acc", "top50_acc", "top100_acc",
-                  "top500_acc", "iou", "catch_rate"],
+    "detection": ["removed", "recall", "control_flag_rate", "precision", "top5_acc", "top10_acc", "top20_acc",
+                  "top50_acc", "top100_acc", "top500_acc", "top20_window_acc", "top50_window_acc", "top100_window_acc",
+                  "iou", "catch_rate", "iou_all", "catch_rate_all"],
     "encoder_verdict": ["trojaned", "anomaly_index", "flagged", "clean_trojaned", "clean_anomaly_index"],
 }
 COLUMNS = PROVENANCE + IDENTITY + [m for metrics in METRIC_SETS.values() for m in metrics]
@@ -85,20 +86,40 @@ def _write(frame: pd.DataFrame, path: Path) -> None:
     atomic_write(path, lambda tmp: escaped.to_csv(tmp, index=False))
 
 
+def _read_leaderboard(path: Path) -> pd.DataFrame:
+    """An existing leaderboard file, refused (not overwritten) when it is not one."""
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise BenchError(f"{path} is not a readable leaderboard ({' '.join(str(err).split())}): restore it "
+                         "(git checkout) or move it away, then publish again") from err
+    missing = [c for c in KEY if c not in frame.columns]
+    if missing:
+        raise BenchError(f"{path} is not a readable leaderboard (lacks column(s) {', '.join(missing)}): restore it "
+                         "(git checkout) or move it away, then publish again")
+    return frame
+
+
 def publish(run_dir: Path, leaderboards: Path) -> dict[Path, int]:
     """Merge a run into the leaderboard files; returns each file touched and its count of new rows."""
     rows = leaderboard_rows(run_dir)
     if rows.empty:
         raise BenchError(f"{run_dir} has no result rows yet: let `bench run` finish a cell first")
     leaderboards = Path(leaderboards)
-    leaderboards.mkdir(parents=True, exist_ok=True)
+    if leaderboards.exists() and not leaderboards.is_dir():
+        raise BenchError(f"--leaderboards {leaderboards} is a file: pass the folder of the leaderboard CSVs")
+    try:
+        leaderboards.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BenchError(f"cannot create --leaderboards {leaderboards} ({err.strerror}): pass a writable folder") \
+            from err
     added = {}
     for (dataset, attack), block in rows.groupby(["dataset", "attack"], sort=False):
         path = leaderboards / f"{dataset}__{attack}.csv"
         with FileLock(str(path) + ".lock", timeout=600):
             fresh = block.astype(str).replace({"nan": "", "None": ""})
             if path.is_file():
-                old = pd.read_csv(path, dtype=str, keep_default_na=False).map(unescape_cell)
+                old = _read_leaderboard(path).map(unescape_cell)
                 old = old.reindex(columns=COLUMNS, fill_value="")
                 merged = pd.concat([old, fresh], ignore_index=True)
             else:

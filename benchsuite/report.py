@@ -1,4 +1,4 @@
-"""``bench report``: one self-contained HTML page per run (tables, then the figures, images inlined)."""
+"""``bench report``: one self-contained HTML page per run (the attacks, tables, then the figures, images inlined)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from benchsuite.checkpoint import atomic_write
+from benchsuite.attack_pictures import load_captions
+from benchsuite.checkpoint import atomic_write, save_figure
+from benchsuite.errors import BenchError
+from benchsuite.eval.curve import CURVE_FIGURE, curve_table, load_curve
 from benchsuite.results import REFERENCE_DEFENSE, load_results
 from benchsuite.tables import LAYOUTS, display_name
 
@@ -30,8 +33,10 @@ figcaption { font-size: 0.8em; color: #555; }
 
 # what a figure file is, from the suffix its writer gives it
 CAPTIONS = {"patches": "retrieved candidate trigger patches (top-k)", "attention": "attention maps over top images",
-            "retrieval": "IoU / catch rate of the top-k located windows", "pr": "precision-recall of the ranking",
-            "swk": "SWK: smoothed silhouette over K", "trigger": "reversed trigger"}
+            "retrieval": "IoU / catch rate of the top-k located windows (solid: all top-k, a non-poison as 0, as "
+                         "PoisonCAM Figure 4; dashed: the top-k's poisons only)",
+            "pr": "precision-recall of the ranking", "swk": "SWK: smoothed silhouette over K",
+            "trigger": "reversed trigger"}
 
 
 def _img(path: Path) -> str:
@@ -66,8 +71,7 @@ def asr_summary(results: pd.DataFrame, path: Path) -> Path | None:
                   [display_name(d) for d in order], rotation=15)
     ax.set_ylabel("patched-data ASR (%)")
     ax.legend(fontsize="small")
-    fig.savefig(path, dpi=100)
-    return path
+    return save_figure(fig, path)
 
 
 def _tables(results: pd.DataFrame) -> str:
@@ -81,18 +85,43 @@ def _tables(results: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
-def _figures(run_dir: Path) -> str:
+def _cells(run_dir: Path) -> list[Path]:
     root = run_dir / "figures"
-    if not root.is_dir():
-        return "<p>No figures (no filter or model defense ran).</p>"
+    return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def _attacks(run_dir: Path) -> str:
+    """Each cell's attack pictures (triggers, poisoned and patched images) with their captions."""
     parts = []
-    for cell in sorted(p for p in root.iterdir() if p.is_dir()):
-        pngs = sorted(cell.glob("*.png"))
+    for cell in _cells(run_dir):
+        if captions := load_captions(cell):
+            figures = "".join(f"<figure>{_img(cell / name)}<figcaption>{html.escape(text)}</figcaption></figure>"
+                              for name, text in captions.items())
+            parts.append(f"<h3>{html.escape(cell.name)}</h3>{figures}")
+    return "\n".join(parts) or "<p>No attack pictures (the run's cells predate them).</p>"
+
+
+def _figures(run_dir: Path) -> str:
+    parts = []
+    for cell in _cells(run_dir):
+        pngs = sorted(p for p in cell.glob("*.png") if not p.name.startswith("attack_"))  # shown under Attacks
         if not pngs:
             continue
         figures = "".join(f"<figure>{_img(p)}<figcaption>{_caption(p.stem)}</figcaption></figure>" for p in pngs)
         parts.append(f"<h3>{html.escape(cell.name)}</h3>{figures}")
-    return "\n".join(parts)
+    return "\n".join(parts) or "<p>No figures (no filter or model defense ran).</p>"
+
+
+def _curve(run_dir: Path) -> str:
+    """The learning curve (``train.snapshots``): its table and plot; empty when the run has none."""
+    frame = load_curve(run_dir)
+    if frame is None:
+        return ""
+    table = curve_table(frame).to_html(index=False, escape=True, border=0)
+    figure = run_dir / CURVE_FIGURE
+    caption = "ACC and patched ASR at each snapshot epoch: poisoned encoder solid, clean encoder dashed"
+    plot = f"<figure>{_img(figure)}<figcaption>{caption}</figcaption></figure>" if figure.is_file() else ""
+    return f'<h2>Learning curve</h2>\n<p>mean over seeds and targets</p><div class="wide">{table}</div>{plot}'
 
 
 def _meta(run_dir: Path) -> str:
@@ -100,7 +129,11 @@ def _meta(run_dir: Path) -> str:
     for name in ("provenance.json", "config.json"):
         path = run_dir / name
         if path.is_file():
-            data = json.loads(path.read_text())
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:  # the tables still stand
+                rows[name] = f"unreadable ({' '.join(str(err).split())})"
+                continue
             if name == "config.json":
                 config = data.get("config", {})
                 ssl, train = config.get("ssl", {}), config.get("train", {})
@@ -113,22 +146,27 @@ def _meta(run_dir: Path) -> str:
 
 
 def write_report(run_dir: Path, output: Path | None = None) -> Path:
-    """Write ``RUN_DIR/report.html`` (or ``output``): every table layout with rows, the ASR summary and
-    each cell's pictures, all inlined so the page can be mailed or attached."""
+    """Write ``RUN_DIR/report.html`` (or ``output``): each cell's attack pictures, the ASR summary, every
+    table layout with rows and each cell's defense pictures, all inlined so the page can be mailed or attached."""
     run_dir = Path(run_dir)
     results = load_results(run_dir)
     output = Path(output) if output else run_dir / "report.html"
+    if output.is_dir():
+        raise BenchError(f"--output {output} is a folder: name the HTML file, e.g. {output / 'report.html'}")
     summary = asr_summary(results, run_dir / "asr_summary.png")
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>benchsuite report: {html.escape(run_dir.name)}</title>
 <style>{STYLE}</style></head><body>
 <h1>benchsuite report: {html.escape(run_dir.name)}</h1>
 {_meta(run_dir)}
+<h2>Attacks</h2>
+{_attacks(run_dir)}
 <h2>Attack success at a glance</h2>
 {f"<figure>{_img(summary)}<figcaption>mean over cells; error bars: std over seeds</figcaption></figure>"
  if summary else ""}
 <h2>Tables</h2>
 {_tables(results)}
+{_curve(run_dir)}
 <h2>Figures per cell</h2>
 {_figures(run_dir)}
 </body></html>

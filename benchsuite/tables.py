@@ -6,7 +6,8 @@
 - ``patchsearch-t1``: rows setting x filter defense; top-20 Acc, Rec., Prec., Total Rem.
 - ``patchsearch-t2``: rows setting x model (Clean, Backdoored, defenses); Acc / FP / ASR on clean
   and patched data.
-- ``detection``: per target and filter defense: removal, recall, precision, top-20, IoU, CR.
+- ``detection``: per target and filter defense: removal, recall, the pasting control's flag rate, precision,
+  top-20 accuracy (PatchSearch's and PoisonCAM's), IoU and CR (over the top-20's poisons and over all 20).
 - ``sslcleanse``: per setting the encoders judged, TP, FP and DACC (SSL-Cleanse slides).
 
 With several seeds every cell reads ``mean ± std`` over seeds (targets are averaged first).
@@ -25,8 +26,12 @@ DISPLAY_NAMES = {"none": "w/o Defense", REFERENCE_DEFENSE: "Clean model (ref.)",
                  "poisoncam": "PoisonCAM", "icutmix": "i-CutMix", "sslcleanse": "SSL-Cleanse"}
 TABLE1_METRICS = [("clean_acc", "Clean ACC"), ("clean_asr", "Clean ASR"),
                   ("patched_acc", "Patched ACC"), ("patched_asr", "Patched ASR")]
-TABLE2_METRICS = [("removed", "Removed"), ("recall", "Recall"), ("precision", "Precision"),
-                  ("top20_acc", "Top-20 Acc"), ("iou", "IoU"), ("catch_rate", "CR")]
+# PS / PC: PatchSearch's top-k accuracy (share of poisons, Table 1) / PoisonCAM's (window on the trigger, Figure 1);
+# IoU / CR over the top-20's poisons, "all" over the whole top-20 with non-poisons as 0 (PoisonCAM Figures 4-5)
+TABLE2_METRICS = [("removed", "Removed"), ("recall", "Recall"), ("control_flag_rate", "Control flag"),
+                  ("precision", "Precision"), ("top20_acc", "Top-20 Acc (PS)"),
+                  ("top20_window_acc", "Top-20 win. Acc (PC)"), ("iou", "IoU"), ("catch_rate", "CR"),
+                  ("iou_all", "IoU all"), ("catch_rate_all", "CR all")]
 
 
 def display_name(defense: str) -> str:
@@ -170,7 +175,8 @@ LAYOUTS: dict[str, tuple[str, Layout]] = {
     "poisoncam-t2": ("PoisonCAM Table 2: poison detection (averaged over targets)", poisoncam_t2_frame),
     "patchsearch-t1": ("PatchSearch Table 1: poison detection", patchsearch_t1_frame),
     "patchsearch-t2": ("PatchSearch Table 2: Acc / FP / ASR on clean and patched data", patchsearch_t2_frame),
-    "detection": ("Detection per target: removal, ranking and located windows", table2_frame),
+    "detection": ("Detection per target: removal, pasting control (% of clean images with a pasted foreign square "
+                  "flagged), ranking (PS: PatchSearch's top-k Acc, PC: PoisonCAM's) and located windows", table2_frame),
     "sslcleanse": ("SSL-Cleanse: encoder-level detection accuracy", dacc_frame),
 }
 DEFAULT_LAYOUTS = ("poisoncam-t1", "detection", "sslcleanse")  # what `bench run` prints

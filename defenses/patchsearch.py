@@ -19,6 +19,9 @@ from benchsuite.poison_search.defaults import FilterDefenseConfig
 @dataclass(frozen=True)
 class PatchSearchConfig(FilterDefenseConfig):
     cluster_score: str = "max"  # paper and PS code: max poison score of the cluster
+    # Grad-CAM layer: "auto" = the deepest map of >= 4x4 cells (smoke/small-cpu ResNet-18: layer3, 4x4),
+    # "last" = PS: ResNet layer4 (2x2 there), ViT blocks[-1].norm1 (both also "auto"), or a module path
+    cam_layer: str = "auto"
 
 class PatchSearch(Defense):
     name = "patchsearch"
@@ -28,7 +31,9 @@ class PatchSearch(Defense):
 
     def detect(self, ctx) -> Detection:
         cfg = filter_config(self.config, ctx.num_classes, len(ctx.images))
-        return run_filter(ctx, GradCamLocator(), cfg)
+        locator = GradCamLocator(self.config.cam_layer)
+        locator.target(ctx.encoder, ctx.images.shape[1:3])  # a bad cam_layer fails here; logs the map size
+        return run_filter(ctx, locator, cfg)
 
 
 @hookimpl

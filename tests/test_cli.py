@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from benchsuite import pipeline
+from benchsuite.cache import StageCache
 from benchsuite.cli import main
+from tests.conftest import TINY_OVERRIDES
 
 
 def _run_dir(tmp_path):
@@ -31,17 +34,50 @@ def test_run_prints_table1_and_writes_results(tmp_path, tiny_args, capsys):
     assert "| Dataset" in capsys.readouterr().out
 
 
-def test_second_run_is_served_from_the_cache(tmp_path, tiny_args, monkeypatch):
-    assert main(["run", *tiny_args]) == 0
-    first = pd.read_csv(_run_dir(tmp_path) / "results.csv")
-
+def _no_recompute(monkeypatch) -> list[tuple[str, str]]:
+    """Make any stage computation fail the test; return the list of (stage, key) the cache serves."""
     def no_training(*args, **kwargs):
         raise AssertionError("a cached stage was recomputed")
 
     monkeypatch.setattr(pipeline, "pretrain", no_training)
     monkeypatch.setattr(pipeline, "extract_features", no_training)
+    monkeypatch.setattr(pipeline, "fit_probe", no_training)
+    served: list[tuple[str, str]] = []
+    run = StageCache.run
+
+    def loaded_only(self, stage, key, load, compute):
+        def refuse():
+            raise AssertionError(f"stage {stage}/{key} was recomputed")
+
+        served.append((stage, key))
+        return run(self, stage, key, load, refuse)
+
+    monkeypatch.setattr(StageCache, "run", loaded_only)
+    return served
+
+
+def test_second_run_is_served_from_the_cell_files(tmp_path, tiny_args, monkeypatch):
+    assert main(["run", *tiny_args]) == 0
+    first = pd.read_csv(_run_dir(tmp_path) / "results.csv")
+    served = _no_recompute(monkeypatch)
     assert main(["run", *tiny_args]) == 0
     pd.testing.assert_frame_equal(first, pd.read_csv(_run_dir(tmp_path) / "results.csv"))
+    assert [stage for stage, _ in served] == ["dataset"], served  # the cell itself came from its file
+
+
+def test_second_run_without_cell_files_loads_every_stage(tmp_path, tiny_args, monkeypatch):
+    assert main(["run", *tiny_args]) == 0
+    run_dir = _run_dir(tmp_path)
+    first = pd.read_csv(run_dir / "results.csv")
+    done = {(p.parent.parent.name, p.parent.name) for p in (tmp_path / "runs" / "cache").glob("*/*/DONE")}
+    for cell in (run_dir / "cells").glob("*.json"):  # so the rerun must go through the stages
+        cell.unlink()
+    (run_dir / "results.csv").unlink()
+    served = _no_recompute(monkeypatch)
+    assert main(["run", *tiny_args]) == 0
+    pd.testing.assert_frame_equal(first, pd.read_csv(run_dir / "results.csv"))
+    # every stage of the cell was reached and loaded: pretraining and probes included
+    assert {"pretrain", "probe"} <= {stage for stage, _ in served} and set(served) <= done
 
 
 def test_same_seed_gives_identical_results(tmp_path, tiny_args):
@@ -68,6 +104,9 @@ def test_same_seed_gives_identical_results(tmp_path, tiny_args):
     (["--seeds", "a,b"], "must be comma-separated integers"),
 ])
 def test_bad_input_is_one_line_naming_the_fix(tmp_path, tiny_args, capsys, argv, message):
+    if "--dataset" in argv:  # the synthetic generator's options are refused by another loader
+        pairs = zip(tiny_args[::2], tiny_args[1::2])  # (--out, folder), (--set, item), ...
+        tiny_args = [a for pair in pairs if not pair[1].startswith("dataset.") for a in pair]
     assert main(["run", *tiny_args, *argv]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("error:"), last
@@ -90,15 +129,36 @@ def test_checkpoint_that_is_not_a_state_dict_keeps_finished_stages(tmp_path, tin
                             if (p / "DONE").exists())
 
 
-def test_checkpoint_with_zero_epochs_evaluates_it(tmp_path, tiny_args):
-    from safetensors.torch import save_file
+def test_checkpoint_with_zero_epochs_evaluates_it(tmp_path):
+    from safetensors.torch import load_file, save_file
 
+    from benchsuite.eval.features import extract_features
     from benchsuite.registry import get_registry
 
+    torch.manual_seed(1234)  # not the run's seed: weights the run would not build itself
     backbone = get_registry().get("backbone", "resnet18")(32, width=8, stem_stride=2)
+    with torch.no_grad():
+        for value in backbone.state_dict().values():
+            if value.is_floating_point():
+                value.add_(0.1 * torch.randn_like(value))
     save_file(backbone.state_dict(), str(tmp_path / "enc.safetensors"))
-    assert main(["run", *tiny_args, "--checkpoint", str(tmp_path / "enc.safetensors"), "--epochs", "0",
+    # the tiny overrides without train.epochs, which would win over --epochs
+    args = ["--out", str(tmp_path / "runs"),
+            *[x for item in TINY_OVERRIDES if not item.startswith("train.epochs") for x in ("--set", item)]]
+    assert main(["run", *args, "--checkpoint", str(tmp_path / "enc.safetensors"), "--epochs", "0",
                  "--no-reference"]) == 0
+    cache = tmp_path / "runs" / "cache"
+    (encoder,) = cache.glob("pretrain/*/encoder.safetensors")
+    stored = load_file(str(encoder))
+    assert stored.keys() == backbone.state_dict().keys()
+    for name, value in backbone.state_dict().items():
+        torch.testing.assert_close(stored[name], value, rtol=0, atol=0, msg=name)
+    # the probe's training features are the checkpoint's features of the training images
+    (data,) = cache.glob("dataset/*/data.npz")
+    train = [p.parent / "features.npy" for p in cache.glob("features/*/DONE") if '"train"' in p.read_text()]
+    assert len(train) == 1
+    expected = extract_features(backbone.eval(), np.load(data)["train_x"])
+    np.testing.assert_allclose(np.load(train[0]), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_filter_defenses_run_in_the_grid_with_table2_and_figures(tmp_path, tiny_args, capsys):

@@ -87,3 +87,42 @@ def test_results_name_a_folder_dataset_after_its_folder():
     assert DatasetSpec("imagefolder", "/data/imagenet100/").label == "imagenet100"
     assert DatasetSpec("cifar10", "/root/torchvision").label == "cifar10"  # a named dataset keeps its name
     assert DatasetSpec("synthetic").label == "synthetic"
+
+
+def _write_folder(root, sizes, rng):
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            for i, (w, h) in enumerate(sizes):
+                Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / split / cls / f"{i}.png")
+
+
+def test_imagefolder_records_the_native_geometry_and_val_resize(tmp_path):
+    _write_folder(tmp_path, [(120, 80), (80, 120)], np.random.default_rng(0))
+    s = load_imagefolder(str(tmp_path), image_size=40, val_resize=48)
+    # train: shorter side -> 40, centre crop 40; (width, height, sx, sy, left, top)
+    np.testing.assert_allclose(s.train.native_geometry[0], [120, 80, 0.5, 0.5, 10, 0])
+    np.testing.assert_allclose(s.train.native_geometry[1], [80, 120, 0.5, 0.5, 0, 10])
+    # val: shorter side -> 48 (the papers' Resize(256)), centre crop 40 (CenterCrop(224))
+    np.testing.assert_allclose(s.val.native_geometry[0], [120, 80, 0.6, 0.6, 16, 4])
+    native = np.asarray(Image.open(tmp_path / "val" / "a" / "0.png").resize((72, 48), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(s.val.images[0], native[4:44, 16:56])
+    assert s.val.images.shape == (4, 40, 40, 3)
+    kept = s.train.subset(np.array([1]))
+    np.testing.assert_array_equal(kept.native_geometry, s.train.native_geometry[1:2])
+    with pytest.raises(BenchError, match="val_resize 30 is smaller than image_size 40"):
+        load_imagefolder(str(tmp_path), image_size=40, val_resize=30)
+
+
+def test_dataset_cache_keeps_the_native_geometry(tmp_path):
+    from benchsuite.config import build_config
+    from benchsuite.pipeline import Pipeline
+    from benchsuite.registry import get_registry
+
+    _write_folder(tmp_path / "data", [(120, 80)], np.random.default_rng(0))
+    config = build_config({"dataset": {"name": "imagefolder", "path": str(tmp_path / "data"),
+                                       "options": {"image_size": 40}}, "device": "cpu"})
+    fresh = Pipeline(config, get_registry(), tmp_path / "cache").splits()
+    cached = Pipeline(config, get_registry(), tmp_path / "cache").splits()  # loaded from the stage cache
+    np.testing.assert_array_equal(cached.train.native_geometry, fresh.train.native_geometry)
+    np.testing.assert_array_equal(cached.val.native_geometry, fresh.val.native_geometry)

@@ -129,3 +129,48 @@ def test_plugins_and_configs():
         with pytest.raises(BenchError, match="unknown option"):
             config_from_options(cls.Config, {"windw": 3}, cls.name)
     assert PatchSearchConfig().cluster_score == "max" and PoisonCAMConfig().cluster_score == "sum"
+
+
+def test_filter_judges_new_images_as_it_judged_the_training_set(planted, detected):
+    """The trained ensemble is handed back (``Detection.flag``): on the training images it repeats the removal
+    mask, and on the pasting control (clean images with a foreign square) it gives a flag rate in [0, 100]."""
+    from benchsuite.eval.detection import control_flag_rate, control_images
+
+    p, _ = planted
+    name, det, _ = detected
+    assert det.flag is not None, name
+    np.testing.assert_array_equal(det.flag(p.images), det.remove)
+    poisoning = p.poisoning
+    control = control_images(p.images, poisoning.train.labels, poisoning.poison_target, poisoning.boxes, seed=0)
+    assert 0.0 <= control_flag_rate(det.flag, control) <= 100.0
+
+
+def test_filter_that_finds_no_trigger_flags_no_new_image(planted, tmp_path):
+    p, encoder = planted
+    det = run("patchsearch", p.images[:60], encoder, tmp_path, num_clusters=4, top_k=5, min_flip_fraction=1.01)
+    assert not det.extras["trigger_found"] and not det.remove.any()
+    assert not det.flag(p.images[:7]).any() and det.flag(p.images[:7]).shape == (7,)
+
+
+@pytest.mark.slow
+def test_grid_reports_the_pasting_control_and_poisoncam_window_accuracy(tmp_path, tiny_args):
+    import pandas as pd
+
+    from benchsuite.cli import main
+    from benchsuite.tables import table2_frame
+
+    argv = ["run", "--defense", "poisoncam", "--no-reference", *tiny_args]
+    for item in ("num_masks=8", "flip_set_size=10", "classifier_iterations=10", "classifier_models=1",
+                 "classifier_width=4", "classifier_batch_size=32", "classifier_eval_every=5", "min_flip_fraction=0"):
+        argv += ["--set", f"defense.poisoncam.{item}"]
+    assert main(argv) == 0
+    run_dir = next(p for p in (tmp_path / "runs").iterdir() if p.name != "cache")
+    results = pd.read_csv(run_dir / "results.csv").set_index("defense")
+    row = results.loc["poisoncam"]
+    assert 0.0 <= row["control_flag_rate"] <= 100.0
+    for column in ("top20_window_acc", "top50_window_acc", "top100_window_acc", "iou_all", "catch_rate_all"):
+        assert 0.0 <= row[column] <= 100.0, column
+    assert pd.isna(results.loc["none", "control_flag_rate"])
+    table = table2_frame(results.reset_index())
+    titles = [title for group, title in table.columns if group == "PoisonCAM"]
+    assert titles.index("Control flag") == titles.index("Recall") + 1  # shown beside recall

@@ -42,12 +42,16 @@ def results(out: Path) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> tuple[pd.DataFrame, float]:
-    """An uninterrupted run of the grid, and how long it took."""
+def reference(tmp_path_factory) -> tuple[pd.DataFrame, Path]:
+    """An uninterrupted run of the grid: its results and its output folder."""
     out = tmp_path_factory.mktemp("reference")
-    start = time.monotonic()
     run_grid(out)
-    return results(out), time.monotonic() - start
+    return results(out), out
+
+
+def _done(out: Path) -> int:
+    """How many stages are finished (have their DONE marker)."""
+    return len(list(out.glob("cache/*/*/DONE")))
 
 
 def _pretraining_checkpoint(out: Path) -> bool:
@@ -55,27 +59,44 @@ def _pretraining_checkpoint(out: Path) -> bool:
     return any(not (state.parent / "DONE").exists() for state in out.glob("cache/pretrain/*/trainer_state.pt"))
 
 
-def _kill_when(out: Path, ready, timeout: float = 300) -> None:
+def _kill_when(out: Path, ready, timeout: float = 300, jitter: float = 0.0) -> bool:
+    """Run the grid and SIGKILL it once ``ready()`` (then up to ``jitter`` s later).
+
+    True when the kill landed mid-run: ``ready()`` held and the process died of the signal, not of its end.
+    """
     proc = subprocess.Popen(bench(*GRID, "--out", str(out)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None and not ready() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    try:
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None and not ready() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        landed = proc.poll() is None and ready()
+        time.sleep(jitter)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    return landed and proc.returncode == -signal.SIGKILL
 
 
 def test_kill_9_at_any_moment_then_rerun_recomputes_nothing_finished_and_gives_the_same_table(tmp_path, reference):
-    expected, duration = reference
+    expected, reference_out = reference
+    total = _done(reference_out)
     out = tmp_path / "runs"
     # first kill: in the middle of pretraining (a checkpoint exists, the encoder is not done)
-    _kill_when(out, lambda: _pretraining_checkpoint(out))
+    assert _kill_when(out, lambda: _pretraining_checkpoint(out)), "the first kill did not land mid-run"
     assert _pretraining_checkpoint(out), "the first kill was meant to land mid-pretraining"
-    # then kills at random moments (seeded), wherever they land
+    # then kills at random moments (seeded), each once the rerun has finished a random number of further
+    # stages, with many still to go: the moment is random, and always mid-run
     rng = random.Random(0)
-    for _ in range(3):
-        at = time.monotonic() + rng.uniform(0.2, 0.9) * duration
-        _kill_when(out, lambda at=at: time.monotonic() >= at)
+    for i in range(3):
+        before = _done(out)
+        assert total - before >= 8, f"too few stages left for kill {i + 2}"
+        n = rng.randint(1, (total - before) // 4)
+        landed = _kill_when(out, lambda n=n, before=before: _done(out) >= before + n, jitter=rng.uniform(0, 0.2))
+        assert landed, f"kill {i + 2} (after {n} more stages) did not land mid-run"
+    assert _done(out) < total
     finished = {p: p.stat().st_mtime_ns for p in out.glob("cache/*/*/DONE")}
     run_grid(out)
     recomputed = [str(p) for p, mtime in finished.items() if p.stat().st_mtime_ns != mtime]
@@ -86,7 +107,7 @@ def test_kill_9_at_any_moment_then_rerun_recomputes_nothing_finished_and_gives_t
 def test_resume_continues_pretraining_from_its_checkpoint(tmp_path, reference):
     expected, _ = reference
     out = tmp_path / "runs"
-    _kill_when(out, lambda: _pretraining_checkpoint(out))
+    assert _kill_when(out, lambda: _pretraining_checkpoint(out))
     assert _pretraining_checkpoint(out)
     final = run_grid(out)
     assert "resuming from the last checkpoint" in final.stderr
@@ -94,12 +115,12 @@ def test_resume_continues_pretraining_from_its_checkpoint(tmp_path, reference):
 
 
 def test_same_seed_twice_gives_identical_tables(tmp_path, reference):
-    expected, _ = reference
+    expected, reference_out = reference
     run_grid(tmp_path / "again")
     pd.testing.assert_frame_equal(results(tmp_path / "again"), expected)
     table = [subprocess.run(bench("table", str(next(p.glob("*/results.csv")).parent), "--format", "csv"),
                             capture_output=True, text=True, check=True).stdout
-             for p in (tmp_path / "again", tmp_path / "again")]
+             for p in (reference_out, tmp_path / "again")]
     assert table[0] == table[1] and "±" in table[0]  # two seeds: mean ± std
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -62,7 +63,7 @@ def test_each_target_poisoned_at_its_rate_with_its_own_trigger_only(tiny_splits,
         assert mine.sum() == int(rate * (train.labels == t).sum())
         assert (train.labels[mine] == t).all()
         # the same poisons, corners and pixels as single-target HTBA on that target
-        alone = HTBA(HTBAConfig(trigger_size=6)).poison(train, [t], rate, seed=0)
+        alone = HTBA(HTBAConfig(trigger_size=6, trigger="glyph")).poison(train, [t], rate, seed=0)
         np.testing.assert_array_equal(mine, alone.poison_mask)
         np.testing.assert_array_equal(p.boxes[mine], alone.boxes[mine])
         np.testing.assert_array_equal(p.train.images[mine], alone.train.images[mine])
@@ -178,15 +179,164 @@ def test_multi_target_and_spectral_in_the_grid(tmp_path, tiny_args, capsys):
         curve = pd.read_csv(cell / "poisoncam_retrieval.csv").set_index("k")
         assert list(curve.index) == [5, 10, 20, 50, 100, 500]
         if attack == "spectral":  # no box: not applicable at every k, not zero
-            np.testing.assert_array_equal(rows["iou"], curve.loc[20, "iou"])  # the table's IoU is the k = 20 point
-            assert curve[["iou", "catch_rate"]].isna().to_numpy().all() and (curve["n_boxed"] == 0).all()
-            assert rows[["iou", "catch_rate"]].isna().to_numpy().all()
+            assert curve[["iou", "catch_rate", "iou_all"]].isna().to_numpy().all() and (curve["n_boxed"] == 0).all()
+            assert rows[["iou", "catch_rate", "iou_all", "catch_rate_all"]].isna().to_numpy().all()
         else:  # 48 of 240 images carry a box: some of the top 100 do, whatever the (1-epoch) ranking
             assert curve.loc[100, "n_boxed"] > 0
             assert 0 < curve.loc[100, "iou"] <= 100 and 0 < curve.loc[100, "catch_rate"] <= 100
+            # the table's _all columns are the k = 20 point, split by target: each top-20 image counts
+            # for its own target only (0 for the other), so the targets' rows add up to the whole-set point
+            assert curve.loc[20, "n_boxed"] > 0
+            for column in ("iou_all", "catch_rate_all"):
+                assert rows[column].gt(0).any()
+                assert rows[column].sum() == pytest.approx(curve.loc[20, column])
             # each target's row has its own recall; with equal counts they average to the whole-set recall
             removed = rows["removed"].iloc[0]
             assert rows["removed"].eq(removed).all() and rows["recall"].between(0, 100).all()
             caught = rows["precision"].iloc[0] * removed / 100
             assert rows["recall"].mean() == pytest.approx(100 * caught / 48)
         assert np.isnan(curve.loc[500, "iou"])  # k above the 240 images
+
+
+# -- issue #14: triggers distinct by construction, PNG folders, where each trigger sends the images ----------
+
+def _gray(images: np.ndarray) -> np.ndarray:
+    return np.asarray(images, dtype=np.float64) @ np.array([0.299, 0.587, 0.114])
+
+
+def _spectra(patterns: np.ndarray) -> np.ndarray:
+    """Unit-norm power spectra of zero-mean, Hann-windowed grayscale patterns: texture without its phase."""
+    side = patterns.shape[-1]
+    window = np.hanning(side + 2)[1:-1]
+    centred = (patterns - patterns.mean(axis=(-2, -1), keepdims=True)) * np.outer(window, window)
+    magnitude = np.abs(np.fft.fft2(centred)).reshape(*patterns.shape[:-2], -1)
+    return magnitude / np.linalg.norm(magnitude, axis=-1, keepdims=True)
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    return abs(float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum())))
+
+
+@pytest.fixture(scope="module")
+def class_spectra(tiny_splits) -> np.ndarray:
+    """(classes, bins): the mean spectrum of 16 px crops of each synthetic class's training images."""
+    train, rng = tiny_splits.train, np.random.default_rng(0)
+    spectra = []
+    for c in range(train.num_classes):
+        images = train.images[train.labels == c]
+        corners = rng.integers(0, train.image_size - 16 + 1, size=(len(images), 2))
+        crops = np.stack([img[y:y + 16, x:x + 16] for img, (x, y) in zip(images, corners)])
+        mean = _spectra(_gray(crops)).mean(axis=0)
+        spectra.append(mean / np.linalg.norm(mean))
+    return np.array(spectra)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("first", range(10))
+def test_default_triggers_of_a_cell_differ_in_structure(class_spectra, first, n):
+    # the smoke preset's 16 px triggers on 32 px images; HTBA's random blobs score 0.85-0.92 against the
+    # classes (trigger 2 closest to class 2, checker-coarse) and up to 0.94 against each other, while a
+    # class's own crops score a median 0.77-0.98 against its mean spectrum
+    attack = MultiTarget(MultiTargetConfig(trigger_size=16, n_targets=n))
+    targets = attack.cell_targets((first,), 10)
+    triggers = {t: _gray(attack.trigger_for(t, 32)) for t in targets}
+    for t, pattern in triggers.items():
+        assert pattern.std() > 40, f"trigger {t} is not high-contrast"
+        assert (_spectra(pattern) @ class_spectra.T).max() < 0.8, f"trigger {t} looks like a class texture"
+    for a, b in itertools.combinations(targets, 2):
+        assert _correlation(triggers[a], triggers[b]) < 0.3, (a, b)
+        assert float(_spectra(triggers[a]) @ _spectra(triggers[b])) < 0.65, (a, b)
+
+
+def test_glyph_triggers_that_would_repeat_are_refused():
+    from benchsuite.data import ImageDataset
+
+    labels = np.arange(24) % 12  # twelve classes: 1 and 11 take the same of the ten glyphs
+    train = ImageDataset(np.zeros((24, 32, 32, 3), dtype=np.uint8), labels, [str(c) for c in range(12)])
+    with pytest.raises(BenchError, match=r"would share a glyph trigger .*or --trigger-dir"):
+        _attack().poison(train, [1, 11], 1.0, seed=0)
+    shifted = _attack(trigger_seed=1).poison(train, [1, 2], 1.0, seed=0)  # glyph (seed + t) mod 10
+    np.testing.assert_array_equal(shifted.triggers[1], _attack().trigger_for(2, 32))
+
+
+def _pngs(folder, names: list[str]) -> dict[str, np.ndarray]:
+    from PIL import Image
+
+    folder.mkdir(exist_ok=True)
+    rng, made = np.random.default_rng(1), {}
+    for name in names:
+        made[name] = rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)
+        Image.fromarray(made[name]).save(folder / name)
+    return made
+
+
+def test_trigger_dir_gives_class_k_its_kth_png(tiny_splits, tmp_path):
+    from benchsuite.triggers import load_trigger
+
+    _pngs(tmp_path / "triggers", ["trigger_12.png", "trigger_10.png", "trigger_11.png"])
+    (tmp_path / "triggers" / "notes.txt").write_text("not a trigger")
+    attack = _attack(trigger_dir=str(tmp_path / "triggers"))
+    p = attack.poison(tiny_splits.train, [0, 1, 2], 1.0, seed=0)
+    for t, name in enumerate(["trigger_10.png", "trigger_11.png", "trigger_12.png"]):
+        expected = load_trigger(tmp_path / "triggers" / name, 6)
+        np.testing.assert_array_equal(p.triggers[t], expected)
+        patched = attack.patch_val(tiny_splits.val, t, seed=0)
+        x, y, w, h = patched.boxes[0]
+        np.testing.assert_array_equal(patched.images[0, y:y + h, x:x + w], expected)
+    # a class with a file of its own keeps it; a class without a PNG is refused, not given another trigger
+    _pngs(tmp_path / "own", ["mine.png"])
+    mine = _attack(trigger_dir=str(tmp_path / "triggers"), trigger_files={"1": str(tmp_path / "own" / "mine.png")})
+    np.testing.assert_array_equal(mine.trigger_for(1, 32), load_trigger(tmp_path / "own" / "mine.png", 6))
+    with pytest.raises(BenchError, match="target class 3 has no trigger in trigger_dir"):
+        attack.poison(tiny_splits.train, [2, 3], 1.0, seed=0)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: None, "is not a folder"),
+    (lambda d: d.mkdir(), "holds no .png file"),
+])
+def test_bad_trigger_dir(tmp_path, make, message):
+    make(tmp_path / "triggers")
+    with pytest.raises(BenchError, match=message):
+        _attack(trigger_dir=str(tmp_path / "triggers"))
+
+
+def test_cli_trigger_dir(tmp_path, tiny_args, capsys):
+    from benchsuite.cli import _config_from_args, parser
+
+    _pngs(tmp_path / "triggers", ["a.png", "b.png", "c.png"])
+    argv = ["run", *tiny_args, "--attack", "htba,multi_target", "--trigger-dir", str(tmp_path / "triggers")]
+    config = _config_from_args(parser().parse_args(argv))
+    assert config.attack["multi_target"]["trigger_dir"] == str(tmp_path / "triggers")
+    assert "trigger_dir" not in config.attack.get("htba", {})  # htba takes one --trigger file
+    assert main(["run", *tiny_args, "--attack", "htba", "--trigger-dir", str(tmp_path / "triggers")]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: --trigger-dir") and "--attack multi_target" in last
+
+
+def test_patched_confusion_row_in_a_tiny_run(tmp_path):
+    import json
+
+    from benchsuite.config import apply_override, build_config, read_preset
+    from benchsuite.pipeline import Cell, Encoder, Pipeline
+    from benchsuite.registry import get_registry
+    from benchsuite.results import load_results, save_results
+    from tests.conftest import TINY_OVERRIDES
+
+    data = read_preset("smoke")
+    for item in [*TINY_OVERRIDES, "probe.seeds=[1, 2]", "device=cpu"]:
+        apply_override(data, item)
+    pipeline = Pipeline(build_config(data), get_registry(), tmp_path / "cache")
+    encoder = Encoder("untrained", pipeline.build_method().backbone)  # any encoder: the row is bookkeeping
+    rows = pipeline.evaluate(encoder, Cell("multi_target", (0, 1, 2), 1.0, 0))
+    for row in rows:
+        shares = row["patched_confusion"]  # % of trigger-t non-target images predicted as each class
+        assert len(shares) == 10 and sum(shares) == pytest.approx(100, abs=0.05)
+        assert shares[row["target"]] == pytest.approx(row["patched_asr"], abs=0.005)
+    assert [row["target"] for row in rows] == [0, 1, 2]
+    # stored in results.csv as a JSON list, one per results row
+    save_results(tmp_path, [{"dataset": "synthetic", "attack": "multi_target", "rate": 1.0, "seed": 0,
+                             "defense": "none", **row} for row in rows])
+    frame = load_results(tmp_path)
+    assert [json.loads(v) for v in frame["patched_confusion"]] == [row["patched_confusion"] for row in rows]

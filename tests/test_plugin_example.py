@@ -21,17 +21,31 @@ def _pip(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True)
 
 
+def _installed_in_environment() -> str:
+    """Where this interpreter's environment (no PYTHONPATH) has benchsuite-example, or 'absent'."""
+    probe = ("import importlib.metadata as m\ntry:\n    print(m.distribution('benchsuite-example').locate_file(''))\n"
+             "except m.PackageNotFoundError:\n    print('absent')")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
+                          check=True).stdout.strip()
+
+
 @pytest.fixture(scope="module")
-def installed_plugin():
-    result = _pip("install", "--no-deps", str(PLUGIN))
+def installed_plugin(tmp_path_factory) -> tuple[dict[str, str], str]:
+    """The example installed into a folder of its own, put first on PYTHONPATH: the environment, and a
+    user's own install of the example in it, are never touched (nothing to uninstall afterwards)."""
+    before = _installed_in_environment()
+    target = tmp_path_factory.mktemp("plugin-site")
+    result = _pip("install", "--no-deps", "--target", str(target), str(PLUGIN))
     if result.returncode != 0:
         pytest.fail(f"pip could not install the example plugin:\n{result.stderr}")
-    yield
-    _pip("uninstall", "-y", "benchsuite-example")
+    path = os.pathsep.join(filter(None, [str(target), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "COLUMNS": "200"}, before
 
 
 def test_example_plugin_is_listed_and_runs_in_the_grid(installed_plugin, tmp_path):
-    env = {**os.environ, "COLUMNS": "200"}
+    env, before = installed_plugin
+    assert _installed_in_environment() == before, "installing the example changed the environment"
     listed = subprocess.run([*BENCH, "list"], capture_output=True, text=True, env=env)
     assert listed.returncode == 0, listed.stderr
     assert "dense-cluster" in listed.stdout and "example" in listed.stdout

@@ -265,3 +265,172 @@ def test_paste_scaled_pastes_only_the_chosen_rows():
     assert out[1].sum() == 0 and out[3].sum() == 0
     assert out[0].sum().item() == pytest.approx(3 * 4 * 4) and out[2].sum().item() == pytest.approx(3 * 4 * 4)
     assert f1_percent(np.array([True, True, False]), np.array([True, False, False])) == 66
+
+
+# -- cluster score rules and the PatchSearch-code compatibility mode (issue #12 points 6, 10) -------
+def test_cluster_score_sum_is_this_iteration_total_is_the_running_sum():
+    from benchsuite.poison_search.search import cluster_scores
+
+    # cluster 0 scored 9, 9 then 0, 0; cluster 1 scored 3, 3 then 4, 4; cluster 2 ran out after 5, 5
+    scores = np.array([9, 9, 0, 0, 3, 3, 4, 4, 5, 5], dtype=float)
+    members = {0: np.arange(4), 1: np.arange(4, 8), 2: np.arange(8, 10)}
+    now = np.zeros(10, dtype=bool)
+    now[[2, 3, 6, 7]] = True
+    assert cluster_scores(scores, members, [0, 1, 2], "sum", now).tolist() == [0, 8, -np.inf]
+    assert cluster_scores(scores, members, [0, 1, 2], "total", now).tolist() == [18, 14, 10]
+    assert cluster_scores(scores, members, [0, 1, 2], "max", now).tolist() == [9, 4, 5]
+
+
+def test_code_compat_counts_unscored_members_as_zero():
+    from benchsuite.poison_search.search import cluster_scores
+
+    scores = np.array([-2.0, -3.0, -np.inf, -1.0, -4.0])
+    members = {0: np.arange(3), 1: np.arange(3, 5)}  # cluster 0 has an unscored member, cluster 1 none
+    now = np.ones(5, dtype=bool)
+    assert cluster_scores(scores, members, [0, 1], "max", now).tolist() == [-2, -1]
+    assert cluster_scores(scores, members, [0, 1], "max", now, unscored_as_zero=True).tolist() == [0, -1]
+    assert cluster_scores(scores, members, [0, 1], "total", now, unscored_as_zero=True).tolist() == [-5, -5]
+
+
+def test_code_compat_ranks_unscored_images_at_zero_above_negatives():
+    scores = np.array([-1.0, -np.inf, 2.0, 0.0, -np.inf])
+    windows = np.where(np.isfinite(scores)[:, None], np.array([[0, 0, 4, 4]]), -1)
+    paper = SearchResult(scores, windows, 4, 1, np.arange(3))
+    code = SearchResult(scores, windows, 4, 1, np.arange(3), unscored_score=0.0)
+    assert paper.ranking().tolist() == [2, 3, 0, 1, 4]
+    assert code.ranking().tolist() == [2, 1, 3, 4, 0]
+    assert code.ranked_scores.tolist() == [-1, 0, 2, 0, 0] and np.isneginf(paper.ranked_scores[[1, 4]]).all()
+    assert code.top(3).tolist() == [2, 3, 0]  # patches need a window: only scored images
+
+
+def test_code_compat_stops_at_three_clusters_or_fewer():
+    from benchsuite.poison_search.search import survivors
+
+    paper, code = search_cfg(), search_cfg(compat="code")
+    assert [survivors(n, paper) for n in (3, 4, 8)] == [2, 3, 6]
+    assert [survivors(n, code) for n in (3, 4, 8)] == [0, 3, 6]
+    assert survivors(3, search_cfg(prune_at_least_one=False)) == 0
+    with pytest.raises(BenchError, match="compat"):
+        search_cfg(compat="official")
+
+
+def test_code_compat_corners_leave_out_the_last_position():
+    from benchsuite.poison_search.flip import draw_corners
+
+    gen = torch.Generator().manual_seed(0)
+    paper = draw_corners(4000, 30, 32, 31, gen, "paper")
+    code = draw_corners(4000, 30, 32, 31, gen, "code")
+    assert paper[:, 0].max() == 1 and paper[:, 1].max() == 2 and paper.min() == 0  # [0, side - w]
+    assert code[:, 0].max() == 0 and code[:, 1].max() == 1 and code.min() == 0  # [0, side - w)
+    assert draw_corners(5, 32, 32, 32, gen, "code").abs().sum() == 0  # w = side: the only corner
+
+
+class _Constant(torch.nn.Module):
+    """A pooled feature (0.1, 0) for every image: short, so raw and unit-norm assignment disagree."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([[0.1, 0.0]]).repeat(len(x), 1)
+
+
+def test_code_compat_assigns_pasted_images_by_raw_features():
+    from benchsuite.clustering import Clusters, centre_index
+
+    centres = np.array([[1.0, 0.0], [0.2, 0.0]], dtype=np.float32)  # unit feature -> 0, raw (0.1, 0) -> 1
+    index, _ = centre_index(centres, use_gpu=False)
+    clusters = Clusters(centres, np.zeros(6, np.int64), np.zeros(6, np.float32), index)
+    images = np.zeros((6, 8, 8, 3), dtype=np.uint8)
+    runner = EncoderRunner(_Constant(), "cpu")
+    patches = np.zeros((1, 3, 3, 3), dtype=np.uint8)
+    flips = np.arange(4)
+    paper = FlipTest(runner, images, clusters, flips, "into", seed=0)
+    code = FlipTest(runner, images, clusters, flips, "into", seed=0, compat="code")
+    assert paper.score(patches, np.array([1])).tolist() == [0.0]
+    assert code.score(patches, np.array([1])).tolist() == [4.0]
+    with pytest.raises(BenchError, match="compat"):
+        FlipTest(runner, images, clusters, flips, "into", compat="official")
+
+
+def test_code_compat_gradcam_target_is_the_argmax_over_cluster_means():
+    from benchsuite.clustering import Clusters, centre_index
+    from benchsuite.poison_search.search import mean_centre_targets
+
+    feats = np.array([[1, 0], [0.8, 0.6], [0, 1], [0.1, 1], [1, 1]], dtype=np.float32)
+    centres = np.array([[1, 0], [0, 1]], dtype=np.float32)
+    index, _ = centre_index(centres, use_gpu=False)
+    clusters = Clusters(centres, np.array([0, 0, 1, 1, 1]), np.zeros(5, np.float32), index)
+    head, targets = mean_centre_targets(feats, clusters)
+    unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    assert np.allclose(head.centres, [unit[:2].mean(0), unit[2:].mean(0)], atol=1e-6)
+    assert head.index is clusters.index and targets.tolist() == [0, 0, 1, 1, 0]  # (1, 1) is closer to mean 0
+
+
+def test_compat_is_checked_when_the_defense_config_is_read():
+    from benchsuite.api import config_from_options
+    from benchsuite.poison_search.defaults import FilterDefenseConfig
+
+    assert FilterDefenseConfig().compat == "paper" and FilterDefenseConfig(compat="code").compat == "code"
+    with pytest.raises(BenchError, match="compat.*'paper'.*'code'"):
+        config_from_options(FilterDefenseConfig, {"compat": "official"}, "defense patchsearch")
+    with pytest.raises(BenchError, match="cluster_score.*max, sum, total"):
+        FilterDefenseConfig(cluster_score="mean")
+
+
+class RecordingLocator:
+    """Wraps a locator and keeps every map it returns, keyed by the image's bytes (it is handed copies)."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.name, self.maps = inner, inner.name, {}
+
+    def locate(self, runner, images, clusters, assignments, window):
+        located = self.inner.locate(runner, images, clusters, assignments, window)
+        for image, att in zip(images, located.maps, strict=True):
+            self.maps.setdefault(image.tobytes(), []).append(att.copy())
+        return located
+
+
+def test_saved_attention_maps_are_the_ones_the_windows_came_from(planted, tmp_path):
+    from benchsuite.defenses.poisoncam import PoisonCAMConfig
+    from benchsuite.pipeline import DefenseContext
+    from benchsuite.poison_search import filter_config, run_filter
+
+    p, runner, _ = planted
+    assert len({image.tobytes() for image in p.images}) == len(p.images)
+    options = PoisonCAMConfig(num_clusters=20, window=WINDOW, flip_set_size=40, top_k=5, pictures=4,
+                              min_flip_fraction=2.0)  # the no-trigger guard always trips: no classifier to train
+    ctx = DefenseContext(p.images, runner.encoder, None, 10, 0, torch.device("cpu"), tmp_path)
+    recorder = RecordingLocator(MaskingLocator(16, seed=0))
+    detection = run_filter(ctx, recorder, filter_config(options, 10, len(p.images)))
+    with np.load(tmp_path / "attention_masking.npz") as saved:
+        indices, maps, windows = saved["indices"], saved["maps"], saved["windows"]
+    assert len(indices) == 4 and (tmp_path / "attention_masking.png").is_file()
+    np.testing.assert_array_equal(indices, np.argsort(-detection.scores, kind="stable")[:4])
+    np.testing.assert_array_equal(windows, detection.windows[indices])
+    for i, att, window in zip(indices, maps, windows, strict=True):
+        during_search = recorder.maps[p.images[i].tobytes()][0]  # the search locates each image once
+        np.testing.assert_array_equal(att, during_search)
+        assert best_windows(torch.from_numpy(att)[None], WINDOW)[0].tolist() == window.tolist()
+
+
+def test_top_maps_keeps_the_final_top_images_across_batches():
+    from benchsuite.poison_search.filter import TopMaps
+    from benchsuite.poison_search.locators import Located
+
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 4, size=30).astype(float)  # many ties: broken by index, as SearchResult.top
+    maps = rng.random((30, 5, 5)).astype(np.float32)
+    kept = TopMaps(6)
+    for batch in np.array_split(rng.permutation(30), 4):
+        kept(batch, Located(np.zeros((len(batch), 4), np.int64), maps[batch]), scores[batch])
+    top = np.argsort(-scores, kind="stable")[:6]
+    assert sorted(kept.maps) == sorted(top.tolist())
+    for i in top:
+        np.testing.assert_array_equal(kept.maps[int(i)], maps[i])
+
+
+def test_search_in_code_compat_mode_still_ranks_poisons_first(planted):
+    p, runner, clusters = planted
+    code = iterative_search(runner, p.images, clusters, GradCamLocator(), WINDOW, search_cfg(compat="code"), seed=0)
+    paper = iterative_search(runner, p.images, clusters, GradCamLocator(), WINDOW, search_cfg(), seed=0)
+    assert code.iterations < paper.iterations  # the code's stop at <= 3 clusters
+    assert p.poisoning.poison_mask[code.top(20)].mean() >= 0.9
+    assert (code.ranked_scores[~code.scored] == 0).all() and np.isneginf(paper.ranked_scores[~paper.scored]).all()

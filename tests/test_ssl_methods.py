@@ -117,6 +117,7 @@ def test_new_train_fields_keep_the_cache_keys_of_old_configs():
         blur_sigma: tuple = (0.1, 2.0)
         mean: tuple = (0.485, 0.456, 0.406)
         std: tuple = (0.229, 0.224, 0.225)
+        crop_impl: str = "torchvision"  # keyed on purpose: the older crop's encoders are retrained
 
     @dataclass(frozen=True)
     class OldTrainConfig:

@@ -263,3 +263,50 @@ def test_cli_prints_the_dacc_table(tmp_path, tiny_args, capsys):
     assert row["anomaly_index"] >= 0 and row["clean_anomaly_index"] >= 0
     assert row["encoder_key"] != results.loc["none", "encoder_key"]  # the mitigated encoder was evaluated
     assert (run_dir / row["figures"].split(";")[0]).is_file()
+
+
+def test_two_clusters_can_never_be_flagged():
+    """Why K >= 3: with two norms the MAD equals the deviation, so the index is always 1 / 1.4826."""
+    for a, b in [(0.01, 5.0), (0.3, 0.31)]:
+        assert anomaly_index(np.array([a, b])) == pytest.approx(1 / 1.4826)
+
+
+def test_fewer_than_three_clusters_are_refused_when_the_config_is_read():
+    assert SSLCleanseConfig().k_min >= 3
+    for options, option in [({"k_min": 2}, "k_min"), ({"clusters": 2}, "clusters"), ({"k_min": 1}, "k_min")]:
+        with pytest.raises(BenchError, match=f"defense.sslcleanse.{option}") as err:
+            config_from_options(SSLCleanseConfig, options, "defense sslcleanse")
+        assert "\n" not in str(err.value)
+    assert config_from_options(SSLCleanseConfig, {"clusters": 3}, "defense sslcleanse").clusters == 3
+
+
+def test_cli_refuses_k_min_2_before_any_stage(tiny_args, capsys):
+    args = ["run", "--defense", "sslcleanse", "--dry-run", *tiny_args, "--set", "defense.sslcleanse.k_min=2"]
+    assert main(args) == 2
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "error:" in text and "defense.sslcleanse.k_min >= 3" in text
+
+
+def test_verdict_warns_when_swk_stops_at_k_min(planted, tmp_path, monkeypatch):
+    """SWK choosing the first K of its range may mean the knee lies below it: the verdict says so."""
+    import benchsuite.sslcleanse.detector as detector
+    from benchsuite.sslcleanse.swk import SWKResult
+
+    data, _, encoder = planted
+    fast = replace(SMALL, k_min=3, k_max=5, epochs=1, inversion_images=8, knn_sample_num=8, batch_size=8)
+    for chosen, warned in [(3, True), (4, False)]:
+        curve = SWKResult(chosen, [3, 4, 5], [0.3, 0.2, 0.1], [0.3, 0.2, 0.1], 1)
+        monkeypatch.setattr(detector, "choose_k", lambda *args, curve=curve, **kw: curve)
+        verdict = SSLCleanse(fast).inspect(context(data, encoder, None))
+        assert verdict.extras["k"] == chosen
+        warnings = verdict.extras.get("warnings", [])
+        assert bool(warnings) == warned, warnings
+        if warned:
+            assert len(warnings) == 1 and "k_min" in warnings[0] and "\n" not in warnings[0]
+    fixed = SSLCleanse(replace(fast, clusters=3)).inspect(context(data, encoder, None))
+    assert fixed.extras.get("warnings", []) == []
+    one_k = SWKResult(3, [3], [0.3], [0.3], 1)  # a range of one K is a fixed K: nothing to warn about
+    assert detector.verdict_warnings(one_k, 3) == []
+    (emptied,) = detector.verdict_warnings(None, 2)  # k-means left two non-empty clusters
+    assert "defense.sslcleanse.ratio" in emptied

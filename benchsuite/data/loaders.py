@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from benchsuite.data.dataset import ImageDataset, Splits
+from benchsuite.data.dataset import ImageDataset, Splits, check_labels
 from benchsuite.data.synthetic import make_synthetic
 from benchsuite.errors import BenchError
 from benchsuite.hookspecs import hookimpl
@@ -53,7 +53,7 @@ def _npz_file(root: Path, split: str) -> Path:
 
 
 def load_npz(path: str | None = None, limit_train_per_class: int | None = None,
-             limit_val_per_class: int | None = None, **_: object) -> Splits:
+             limit_val_per_class: int | None = None) -> Splits:
     """A directory holding ``*train*.npz`` and ``*test*.npz`` (or ``*val*``), each with x and y.
 
     Class names come from ``classes.txt`` beside them (one per line) when present.
@@ -65,10 +65,14 @@ def load_npz(path: str | None = None, limit_train_per_class: int | None = None,
         raise BenchError(f"dataset path {root} does not exist: pass the folder holding the .npz files")
     parts = {}
     for split in ("train", "val"):
-        x, y = _read_npz(_npz_file(root, split))
+        file = _npz_file(root, split)
+        x, y = _read_npz(file)
         if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != np.uint8:
             raise BenchError(f"x in {root} must be (N,H,W,3) uint8, got {x.dtype} {x.shape}: convert it")
-        parts[split] = (_center_square(x), y.astype(np.int64))
+        if len(x) == 0:
+            name = {"train": "training", "val": "validation"}[split]
+            raise BenchError(f"the {name} split {file} has no images: save at least one image per class in it")
+        parts[split] = (_center_square(x), check_labels(y, str(file)))
     num_classes = int(max(parts["train"][1].max(), parts["val"][1].max())) + 1
     classes_file = root / "classes.txt"
     classes = (classes_file.read_text().split("\n") if classes_file.is_file() else [])
@@ -78,31 +82,36 @@ def load_npz(path: str | None = None, limit_train_per_class: int | None = None,
     return Splits(limit_per_class(train, limit_train_per_class), limit_per_class(val, limit_val_per_class))
 
 
-def _read_image(path: Path, size: int) -> np.ndarray:
+def _read_image(path: Path, size: int, resize: int) -> tuple[np.ndarray, tuple[float, ...]]:
+    """Shorter side to ``resize``, centre crop ``size``; with the geometry row (see ImageDataset)."""
     try:
         with Image.open(path) as img:
             img = img.convert("RGB")
-            scale = size / min(img.size)
-            w, h = max(size, round(img.width * scale)), max(size, round(img.height * scale))
+            scale = resize / min(img.size)
+            w, h = max(resize, round(img.width * scale)), max(resize, round(img.height * scale))
+            geometry = (img.width, img.height, w / img.width, h / img.height, (w - size) // 2, (h - size) // 2)
             img = img.resize((w, h), Image.Resampling.BILINEAR)
             left, top = (w - size) // 2, (h - size) // 2
-            return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+            return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8), geometry
     except (UnidentifiedImageError, OSError) as err:
         raise BenchError(f"cannot read image {path} ({err}): delete or replace the file") from err
 
 
-def _image_folder(root: Path, size: int, classes: list[str] | None) -> ImageDataset:
+def _image_folder(root: Path, size: int, classes: list[str] | None, resize: int | None = None) -> ImageDataset:
     found = sorted(d.name for d in root.iterdir() if d.is_dir())
     classes = classes or found
-    images, labels = [], []
+    images, labels, geometry = [], [], []
     for label, name in enumerate(classes):
         folder = root / name
         files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
-        images += [_read_image(p, size) for p in files]
+        for file in files:
+            image, row = _read_image(file, size, resize or size)
+            images.append(image)
+            geometry.append(row)
         labels += [label] * len(files)
     if not images:
         raise BenchError(f"no images found under {root}: expected {root}/<class>/<image>.png")
-    return ImageDataset(np.stack(images), np.asarray(labels), list(classes))
+    return ImageDataset(np.stack(images), np.asarray(labels), list(classes), np.asarray(geometry))
 
 
 def read_class_list(path: str) -> list[str]:
@@ -119,10 +128,13 @@ def read_class_list(path: str) -> list[str]:
 
 def load_imagefolder(path: str | None = None, image_size: int = 64, limit_train_per_class: int | None = None,
                      limit_val_per_class: int | None = None, class_list: str | None = None,
-                     **_: object) -> Splits:
+                     val_resize: int | None = None) -> Splits:
     """``path/train/<class>/*`` and ``path/val/<class>/*``, resized (shorter side) and centre-cropped.
 
     ``class_list`` names the classes to use (ImageNet-100 out of a full ImageNet folder); default: every folder.
+    ``val_resize``: the validation images' shorter side before the ``image_size`` centre crop (default
+    ``image_size``; the papers' Resize(256) + CenterCrop(224) is 256). Both splits record their
+    native geometry, with which HTBA's ``paste_space = "native"`` pastes before the resize.
     """
     if not path:
         raise BenchError("the imagefolder dataset needs a path: --data-path DIR (with train/ and val/)")
@@ -130,6 +142,9 @@ def load_imagefolder(path: str | None = None, image_size: int = 64, limit_train_
     val_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
     if not (root / "train").is_dir() or val_dir is None:
         raise BenchError(f"{root} must contain train/<class>/ and val/<class>/ folders: check --data-path")
+    if val_resize is not None and val_resize < image_size:
+        raise BenchError(f"val_resize {val_resize} is smaller than image_size {image_size}: the centre crop "
+                         "must fit in the resized image (the papers: val_resize = 256 for 224)")
     classes = read_class_list(class_list) if class_list else None
     if classes:
         missing = [c for c in classes if not (root / "train" / c).is_dir()]
@@ -137,7 +152,7 @@ def load_imagefolder(path: str | None = None, image_size: int = 64, limit_train_
             raise BenchError(f"{len(missing)} class(es) of {class_list} have no folder in {root / 'train'} "
                              f"(first: {missing[0]}): check the class list and --data-path")
     train = _image_folder(root / "train", image_size, classes)
-    val = _image_folder(val_dir, image_size, train.classes)
+    val = _image_folder(val_dir, image_size, train.classes, val_resize)
     return Splits(limit_per_class(train, limit_train_per_class), limit_per_class(val, limit_val_per_class))
 
 
@@ -168,21 +183,21 @@ def _torchvision(name: str, path: str | None, download: bool) -> Splits:
 
 
 def load_cifar10(path: str | None = None, download: bool = False, limit_train_per_class: int | None = None,
-                 limit_val_per_class: int | None = None, **_: object) -> Splits:
+                 limit_val_per_class: int | None = None) -> Splits:
     """torchvision CIFAR-10 under ``path`` (default ~/.cache/benchsuite/data); downloads only if asked."""
     s = _torchvision("cifar10", path, download)
     return Splits(limit_per_class(s.train, limit_train_per_class), limit_per_class(s.val, limit_val_per_class))
 
 
 def load_stl10(path: str | None = None, download: bool = False, limit_train_per_class: int | None = None,
-               limit_val_per_class: int | None = None, **_: object) -> Splits:
+               limit_val_per_class: int | None = None) -> Splits:
     """torchvision STL-10 (labelled train/test, 96 px); downloads only if asked."""
     s = _torchvision("stl10", path, download)
     return Splits(limit_per_class(s.train, limit_train_per_class), limit_per_class(s.val, limit_val_per_class))
 
 
 def load_synthetic(train_per_class: int = 500, val_per_class: int = 100, image_size: int = 32,
-                   num_classes: int = 10, generator_seed: int = 0, **_: object) -> Splits:
+                   num_classes: int = 10, generator_seed: int = 0) -> Splits:
     """The embedded procedurally generated default (see benchsuite.data.synthetic)."""
     return make_synthetic(train_per_class, val_per_class, image_size, generator_seed, num_classes)
 

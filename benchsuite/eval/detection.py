@@ -1,10 +1,21 @@
-"""Detection metrics of a filter defense against the ground-truth poisons (PatchSearch / PoisonCAM tables)."""
+"""Detection metrics of a filter defense against the ground-truth poisons (PatchSearch / PoisonCAM tables).
+
+Two "top-k accuracies": PatchSearch's (Table 1) is the share of poisons among the k top-ranked images
+(``topk_acc``); PoisonCAM's Detection ACC (Figure 1, Appendix C.4) is the share of the k top-ranked images
+whose located window holds any part of the trigger (``topk_window_acc``). IoU / CR of the top-k come
+over the top-k's poisons (``iou``, ``catch_rate``) and over every top-k image, a non-poison counting 0
+(``iou_all``, ``catch_rate_all``: PoisonCAM Figures 4-5 score the retrieved windows, whatever they are).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
 TOP_K = (5, 10, 20, 50, 100, 500)
+WINDOW_K = (20, 50, 100)  # PoisonCAM Figure 1's Detection ACC
+CONTROL_SIZE = 500  # clean images with a pasted foreign square, for the pasting control
 
 
 def removal_metrics(remove: np.ndarray, poison_mask: np.ndarray) -> dict[str, float]:
@@ -55,33 +66,110 @@ def _boxed_top(scores: np.ndarray, windows: np.ndarray, boxes: np.ndarray, k: in
     return top[(boxes[top, 0] >= 0) & (windows[top, 0] >= 0)]
 
 
+def _has_boxes(windows: np.ndarray | None, boxes: np.ndarray) -> bool:
+    """Window metrics apply: the defense locates windows and the attack's trigger has a box."""
+    return windows is not None and bool((np.asarray(boxes)[:, 2] > 0).any())
+
+
+def topk_window_accuracy(scores: np.ndarray, windows: np.ndarray | None, boxes: np.ndarray,
+                         ks=WINDOW_K) -> dict[str, float]:
+    """PoisonCAM's Detection ACC (percent): share of the k top-ranked images whose located window holds any
+    part of their trigger (a clean image or a missing window is a miss). NaN when k exceeds the dataset or
+    window metrics do not apply (no windows, or a trigger without a box)."""
+    applies = _has_boxes(windows, boxes)
+    order = ranking(scores)
+    out = {}
+    for k in ks:
+        if not applies or k > len(order):
+            out[f"top{k}_window_acc"] = float("nan")
+            continue
+        top = order[:k]
+        valid = (windows[top, 2] > 0) & (boxes[top, 2] > 0)
+        hit = valid & (_intersection(np.asarray(windows[top], np.float64), np.asarray(boxes[top], np.float64)) > 0)
+        out[f"top{k}_window_acc"] = 100.0 * float(hit.mean())
+    return out
+
+
 def window_metrics(scores: np.ndarray, windows: np.ndarray | None, boxes: np.ndarray, k: int = 20) -> dict[str, float]:
-    """Mean IoU and catch rate (percent) of the located windows of the top-k ranked images that carry a
-    trigger box. NaN when the defense locates no windows or the attack's trigger has no box."""
-    top = np.zeros(0, dtype=np.int64) if windows is None else _boxed_top(scores, windows, boxes, k)
-    if len(top) == 0:
-        return {"iou": float("nan"), "catch_rate": float("nan")}
-    return {"iou": 100.0 * float(box_iou(windows[top], boxes[top]).mean()),
-            "catch_rate": 100.0 * float(catch_rate(windows[top], boxes[top]).mean())}
+    """Mean IoU and catch rate (percent) of the located windows of the top-k ranked images.
+
+    ``iou`` / ``catch_rate``: over the top-k images that carry a trigger box and have a window (NaN if none);
+    ``iou_all`` / ``catch_rate_all``: over all k, a clean image or a missing window counting 0 (PoisonCAM
+    Figures 4-5). All NaN when the defense locates no windows or the attack's trigger has no box.
+    """
+    nan = {"iou": float("nan"), "catch_rate": float("nan"), "iou_all": float("nan"), "catch_rate_all": float("nan")}
+    if not _has_boxes(windows, boxes):
+        return nan
+    top = ranking(scores)[:k]
+    iou, cr = box_iou(windows[top], boxes[top]), catch_rate(windows[top], boxes[top])
+    scored = (boxes[top, 0] >= 0) & (windows[top, 0] >= 0)  # as _boxed_top
+    out = {"iou_all": 100.0 * float(iou.mean()), "catch_rate_all": 100.0 * float(cr.mean())}
+    if not scored.any():
+        return {**nan, **out}
+    return {"iou": 100.0 * float(iou[scored].mean()), "catch_rate": 100.0 * float(cr[scored].mean()), **out}
 
 
 def retrieval_curve(scores: np.ndarray, windows: np.ndarray | None, boxes: np.ndarray,
                     ks=TOP_K) -> dict[str, list[float]]:
-    """PoisonCAM Figure 4: :func:`window_metrics` for every k, as columns ``k``, ``iou``, ``catch_rate``
-    (percent) and ``n_boxed`` (how many of the top k carry a trigger box and have a located window).
+    """PoisonCAM Figure 4: :func:`window_metrics` for every k, as columns ``k``, ``iou``, ``catch_rate``,
+    ``iou_all``, ``catch_rate_all`` (percent) and ``n_boxed`` (how many of the top k carry a trigger box and
+    have a located window).
 
     Each image is scored against its own recorded box, whichever (target, trigger) pair put it there.
     NaN where k exceeds the dataset or no top-k image has a box (a spectral trigger, or no windows).
     """
-    curve: dict[str, list[float]] = {"k": [], "iou": [], "catch_rate": [], "n_boxed": []}
+    columns = ("iou", "catch_rate", "iou_all", "catch_rate_all")
+    curve: dict[str, list[float]] = {"k": [], **{c: [] for c in columns}, "n_boxed": []}
     for k in ks:
         fits = k <= len(scores)
-        m = window_metrics(scores, windows, boxes, k) if fits else {"iou": float("nan"), "catch_rate": float("nan")}
+        m = window_metrics(scores, windows, boxes, k) if fits else dict.fromkeys(columns, float("nan"))
         curve["k"].append(k)
-        curve["iou"].append(m["iou"])
-        curve["catch_rate"].append(m["catch_rate"])
+        for c in columns:
+            curve[c].append(m[c])
         curve["n_boxed"].append(0 if windows is None or not fits else len(_boxed_top(scores, windows, boxes, k)))
     return curve
+
+
+def control_images(images: np.ndarray, labels: np.ndarray, poison_target: np.ndarray, boxes: np.ndarray, seed: int,
+                   n: int = CONTROL_SIZE) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The pasting control: up to ``n`` clean images of non-target classes, each with a square cut from another
+    such image pasted where and as large as a random poison's trigger box (the attack's sizes and places).
+
+    Built from the ground truth, never shown to the defense. Returns (images, host indices, pasted boxes),
+    deterministic for ``seed``; None when no poison carries a trigger box (spectral, or no poisons).
+    """
+    pasted = np.flatnonzero((poison_target >= 0) & (boxes[:, 2] > 0))
+    clean = np.flatnonzero((poison_target < 0) & ~np.isin(labels, np.unique(poison_target[poison_target >= 0])))
+    if len(pasted) == 0 or len(clean) < 2:
+        return None
+    rng = np.random.default_rng([seed, 8128])
+    hosts = rng.choice(clean, min(n, len(clean)), replace=False)
+    where = boxes[rng.choice(pasted, len(hosts))].astype(np.int64)
+    height, width = images.shape[1:3]
+    out = images[hosts].copy()
+    for i, (host, (x, y, w, h)) in enumerate(zip(hosts, where)):
+        source = rng.choice(clean[clean != host])
+        sx, sy = rng.integers(0, width - w + 1), rng.integers(0, height - h + 1)
+        out[i, y:y + h, x:x + w] = images[source, sy:sy + h, sx:sx + w]
+    return out, hosts, where
+
+
+def control_flag_rate(flag: Callable[[np.ndarray], np.ndarray] | None,
+                      control: tuple[np.ndarray, np.ndarray, np.ndarray] | np.ndarray | None) -> float:
+    """Percent of the control images ``flag`` (a filter's removal decision on new images) would remove.
+    NaN when the filter cannot judge new images or there is no control set."""
+    if flag is None or control is None:
+        return float("nan")
+    images = control[0] if isinstance(control, tuple) else control
+    return 100.0 * float(np.asarray(flag(images), dtype=bool).mean())
+
+
+def pasting_control(flag: Callable[[np.ndarray], np.ndarray] | None, poisoning, seed: int,
+                    n: int = CONTROL_SIZE) -> float:
+    """:func:`control_flag_rate` on the :func:`control_images` of a :class:`benchsuite.api.Poisoning`."""
+    control = control_images(poisoning.train.images, poisoning.train.labels, poisoning.poison_target,
+                             poisoning.boxes, seed, n)
+    return control_flag_rate(flag, control)
 
 
 def per_target_detection(remove: np.ndarray, scores: np.ndarray, windows: np.ndarray | None, boxes: np.ndarray,

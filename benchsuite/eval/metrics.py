@@ -26,3 +26,9 @@ def attack_success_rate(cm: np.ndarray, target: int) -> float:
     """ASR in percent: FP_t over the number of non-target images."""
     non_target = cm.sum() - cm[target].sum()
     return 100.0 * false_positives(cm, target) / max(1, non_target)
+
+
+def prediction_shares(cm: np.ndarray, target: int) -> np.ndarray:
+    """Percent of the non-target images predicted as each class (the target's entry is the ASR)."""
+    counts = np.delete(cm, target, axis=0).sum(axis=0)
+    return 100.0 * counts / max(1, counts.sum())

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from benchsuite.checkpoint import save_figure
 from benchsuite.eval.detection import ranking
 from benchsuite.tables import display_name
 
@@ -40,5 +41,4 @@ def save_pr_curve(folder: Path, defense: str, scores: np.ndarray, poison_mask: n
                  + (f"\n{title}" if title else ""), fontsize="small")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{defense}_pr.png"
-    fig.savefig(path, dpi=100)
-    return path
+    return save_figure(fig, path)

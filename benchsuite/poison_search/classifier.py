@@ -44,12 +44,50 @@ class ClassifierConfig:
     augment: AugmentConfig  # random resized crop + flip, colour jitter, grayscale (no blur)
 
 
+class PoisonClassifier:
+    """The trained ensemble: the mean logits of its models decide, on the training images or any new ones."""
+
+    def __init__(self, models: list[nn.Module], augment: AugmentConfig, device: torch.device) -> None:
+        self.models, self.augment, self.device = models, augment, device
+
+    def model_logits(self, model: nn.Module, images: np.ndarray, indices: np.ndarray | None = None) -> torch.Tensor:
+        """One model's logits on ``images[indices]`` (all when None), uint8 (N, H, W, 3), in batches of 512."""
+        cuda = self.device.type == "cuda"
+        indices = np.arange(len(images)) if indices is None else indices
+        model.eval()
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(indices), 512):
+                u8 = torch.from_numpy(np.ascontiguousarray(images[indices[start:start + 512]]))
+                x = normalize(u8.to(self.device).permute(0, 3, 1, 2).float().div_(255), self.augment)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cuda):
+                    out.append(model(x.contiguous(memory_format=torch.channels_last) if cuda else x).float())
+        return torch.cat(out) if out else torch.zeros(0, 2, device=self.device)
+
+    def logits(self, images: np.ndarray) -> torch.Tensor:
+        """Mean logits of the ensemble."""
+        total = None
+        for model in self.models:
+            logits = self.model_logits(model, images)
+            total = logits if total is None else total + logits
+        return total / len(self.models)
+
+    def score(self, images: np.ndarray) -> np.ndarray:
+        """(N,) float32 P(poisonous) of new uint8 (N, H, W, 3) images."""
+        return self.logits(images).softmax(1)[:, 1].cpu().numpy().astype(np.float32)
+
+    def flag(self, images: np.ndarray) -> np.ndarray:
+        """(N,) bool: what the ensemble would remove (the filter's decision)."""
+        return self.logits(images).argmax(1).cpu().numpy() == 1
+
+
 @dataclass
 class ClassifierResult:
     remove: np.ndarray  # (N,) bool, predicted poisonous by the ensemble
     probability: np.ndarray  # (N,) float32, ensemble P(poisonous)
     f1: list[list[int]]  # proxy-val F1 in integer percent at every evaluation, per model
     iterations: list[int]  # iterations each model trained
+    ensemble: PoisonClassifier | None = None  # the trained models, to judge new images (the pasting control)
 
 
 @dataclass
@@ -153,7 +191,8 @@ class _Trainer:
     def __init__(self, images: np.ndarray, patches: np.ndarray, split: Split, cfg: ClassifierConfig,
                  device: torch.device) -> None:
         self.cfg, self.device, self.split = cfg, device, split
-        self.images = torch.from_numpy(np.ascontiguousarray(images))  # uint8, stays on the host
+        self.host = np.ascontiguousarray(images)
+        self.images = torch.from_numpy(self.host)  # uint8, stays on the host
         self.patches = self._unit(torch.from_numpy(np.ascontiguousarray(patches)))
         val = np.concatenate([split.val_pos, split.val_neg])
         self.val_idx = val
@@ -179,15 +218,8 @@ class _Trainer:
         x = random_grayscale(color_jitter(x, cfg.augment, gen), cfg.augment, gen)
         return self._layout(normalize(x, cfg.augment)), labels.long()
 
-    @torch.inference_mode()
     def logits(self, model: nn.Module, indices: np.ndarray) -> torch.Tensor:
-        model.eval()
-        out = []
-        for start in range(0, len(indices), 512):
-            x = self._unit(self.images[torch.from_numpy(indices[start:start + 512])])
-            with self._autocast():
-                out.append(model(self._layout(normalize(x, self.cfg.augment))).float())
-        return torch.cat(out)
+        return PoisonClassifier([model], self.cfg.augment, self.device).model_logits(model, self.host, indices)
 
     def train(self, seed: int) -> tuple[nn.Module, list[int], int]:
         cfg = self.cfg
@@ -229,14 +261,13 @@ def train_poison_classifier(images: np.ndarray, result: SearchResult, cfg: Class
         raise BenchError(f"classifier models={cfg.models} must be >= 1")
     split = split_by_rank(result, cfg.top_k, cfg.top_p, np.random.default_rng([seed, 29]))
     trainer = _Trainer(images, result.patches(images, cfg.top_k), split, cfg, device)
-    everything = np.arange(len(images))
-    total, histories, iterations = None, [], []
+    models, histories, iterations = [], [], []
     for m in range(cfg.models):
         model, history, its = trainer.train(seed * 1000 + m)
-        logits = trainer.logits(model, everything)
-        total = logits if total is None else total + logits
+        models.append(model)
         histories.append(history)
         iterations.append(its)
-    mean = total / cfg.models
+    ensemble = PoisonClassifier(models, cfg.augment, device)
+    mean = ensemble.logits(trainer.host)
     prob = mean.softmax(1)[:, 1].cpu().numpy().astype(np.float32)
-    return ClassifierResult(mean.argmax(1).cpu().numpy() == 1, prob, histories, iterations)
+    return ClassifierResult(mean.argmax(1).cpu().numpy() == 1, prob, histories, iterations, ensemble)

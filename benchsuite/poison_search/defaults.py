@@ -2,11 +2,32 @@
 
 Defaults are scaled for the suite's small (32 px, 10-class) data; the paper's value (ImageNet-100,
 224 px) is in the comment next to each. Each defense subclasses this with its own differences.
+
+``compat = "code"`` reproduces the official PatchSearch code where it departs from the papers'
+intent ("paper", the default, keeps the intent), one behaviour each:
+
+1. the flip test assigns the pasted flip images by their raw pooled features (no L2
+   normalisation; the training assignments stay normalised);
+2. a cluster's score counts its unscored members as 0 (``max``: a cluster with an unscored member
+   scores at least 0);
+3. unscored images rank at score 0, above negative scores (Detection scores, top-k accuracy);
+4. the search stops once ``int(prune_fraction x clusters)`` is 0, i.e. at <= 3 clusters for r = 25 %
+   (whatever ``prune_at_least_one`` says);
+5. flip pastes draw top-left corners in [0, side - w) instead of [0, side - w];
+6. the Grad-CAM target is the argmax of the cosine to the cluster means (mean of the members'
+   L2-normalised features, also the head's weights) instead of the image's own cluster.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+from benchsuite.errors import BenchError
+
+Compat = Literal["paper", "code"]
+COMPAT_MODES: tuple[Compat, ...] = ("paper", "code")
+CLUSTER_SCORES = ("max", "sum", "total")
 
 
 @dataclass(frozen=True)
@@ -20,8 +41,9 @@ class FilterDefenseConfig:
     samples_per_iteration: int = 2  # paper s = 2
     prune_fraction: float = 0.25  # paper r = 25 %
     prune_at_least_one: bool = True  # paper: search until no cluster is left; PS code stops at <= 3 clusters
-    cluster_score: str = "max"  # paper and PS code: max poison score of the cluster
+    cluster_score: str = "max"  # paper and PS code: max poison score of the cluster; "sum" (PoisonCAM), "total"
     flip_score: str = "into"  # PS code: flips into the candidate's cluster (new - orig); "any" = any change
+    compat: str = "paper"  # "code" = the official PatchSearch code's behaviours (module docstring, 1-6)
     min_flip_fraction: float = 0.1  # not in the papers (0 = off): best candidate flips less of the flip set -> keep all
     top_k: int = 20  # paper: top-20 poisons train the classifier
     top_p: float = 0.10  # paper: drop the top 10 % scored images from the negatives
@@ -41,4 +63,14 @@ class FilterDefenseConfig:
     crop_scale: tuple[float, float] = (0.2, 1.0)  # PS: RandomResizedCrop(scale=(0.2, 1))
     batch_size: int = 512  # encoder forwards per batch (throughput only)
     pictures: int = 8  # attention maps drawn for the top images
+
+    def __post_init__(self) -> None:
+        own = type(self) is not FilterDefenseConfig
+        name = type(self).__name__.removesuffix("Config").lower() if own else "<defense>"
+        if self.compat not in COMPAT_MODES:
+            raise BenchError(f"compat = {self.compat!r} is not known: set defense.{name}.compat to 'paper' "
+                             "(the papers' intent, default) or 'code' (the official PatchSearch code)")
+        if self.cluster_score not in CLUSTER_SCORES:
+            raise BenchError(f"cluster_score = {self.cluster_score!r} is not known: set "
+                             f"defense.{name}.cluster_score to one of {', '.join(CLUSTER_SCORES)}")
 

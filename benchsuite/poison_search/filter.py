@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 
 from benchsuite.api import Detection
-from benchsuite.clustering import Clusters, kmeans
+from benchsuite.clustering import kmeans
 from benchsuite.errors import BenchError
 from benchsuite.eval.features import extract_features
 from benchsuite.poison_search.classifier import ClassifierConfig, train_poison_classifier
 from benchsuite.poison_search.encoding import EncoderRunner
-from benchsuite.poison_search.locators import Locator
-from benchsuite.poison_search.pictures import save_attention_maps, save_patch_grid
+from benchsuite.poison_search.locators import Located, Locator
+from benchsuite.poison_search.pictures import save_attention_arrays, save_attention_maps, save_patch_grid
 from benchsuite.poison_search.rsd import choose_window
 from benchsuite.poison_search.search import SearchConfig, SearchResult, iterative_search
 from benchsuite.poison_search.windows import window_side
@@ -46,7 +46,7 @@ def filter_config(options: Any, num_classes: int, num_images: int) -> FilterConf
     o = options
     clusters = o.num_clusters or min(num_images, max(1, round(o.clusters_per_class * num_classes)))
     search = SearchConfig(o.samples_per_iteration, o.prune_fraction, o.cluster_score, o.flip_score,
-                          o.flip_set_size or clusters, o.prune_at_least_one)
+                          o.flip_set_size or clusters, o.prune_at_least_one, o.compat)
     augment = AugmentConfig(crop_scale=tuple(o.crop_scale), blur_prob=0.0)
     classifier = ClassifierConfig(o.top_k, o.top_p, o.classifier_models, o.classifier_width,
                                   o.classifier_stem_stride, o.classifier_batch_size, o.classifier_lr,
@@ -77,28 +77,59 @@ def run_filter(ctx: Any, locator: Locator, cfg: FilterConfig) -> Detection:
         extract_features(ctx.encoder, images, device=ctx.device)
     clusters = kmeans(features, cfg.num_clusters, ctx.seed, cfg.kmeans_iters)
 
+    kept_maps: dict[int, TopMaps] = {}  # per window side
+
     def search(side: int) -> SearchResult:
-        return iterative_search(runner, images, clusters, locator, side, cfg.search, ctx.seed)
+        kept_maps[side] = TopMaps(cfg.pictures)
+        return iterative_search(runner, images, clusters, locator, side, cfg.search, ctx.seed,
+                                on_located=kept_maps[side], features=features)
 
     if len(sides) > 1:
         result, rsd = choose_window(search, sides, cfg.min_flip_fraction)
     else:
         result, rsd = search(sides[0]), {}
-    pictures = draw(ctx.workdir, images, result, locator, runner, clusters, cfg)
+    pictures = draw(ctx.workdir, images, result, locator.name, kept_maps[result.window], cfg)
     extras = dict(window=result.window, rsd={int(k): v for k, v in rsd.items()}, num_clusters=clusters.num_clusters,
                   iterations=result.iterations, scored=int(result.scored.sum()),
                   top_k=result.top(cfg.classifier.top_k).tolist(), pictures=pictures)
     if not result.finds_trigger(cfg.min_flip_fraction):
         extras["trigger_found"] = False
-        return Detection(result.scores, np.zeros(n, dtype=bool), result.windows, extras)
+        return Detection(result.ranked_scores, np.zeros(n, dtype=bool), result.windows, extras, flag=_keep_all)
     classified = train_poison_classifier(images, result, cfg.classifier, ctx.seed, ctx.device)
     extras.update(trigger_found=True, classifier_f1=classified.f1, classifier_iterations=classified.iterations)
-    return Detection(result.scores, classified.remove, result.windows, extras)
+    return Detection(result.ranked_scores, classified.remove, result.windows, extras,
+                     flag=classified.ensemble.flag)
 
 
-def draw(workdir: Path | str | None, images: np.ndarray, result: SearchResult, locator: Locator, runner: EncoderRunner,
-         clusters: Clusters, cfg: FilterConfig) -> list[str]:
-    """Top-k patch grid and attention maps of the top images (maps recomputed for these few images)."""
+def _keep_all(images: np.ndarray) -> np.ndarray:
+    """The decision of a filter that found no trigger: remove nothing."""
+    return np.zeros(len(images), dtype=bool)
+
+
+class TopMaps:
+    """The locator's maps of the ``keep`` best-scored images so far, kept as the search produced them.
+
+    A score never changes once given, so the final top ``keep`` (score, then index) are among the
+    best ``keep`` at every step.
+    """
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self.scores: dict[int, float] = {}
+        self.maps: dict[int, np.ndarray] = {}
+
+    def __call__(self, indices: np.ndarray, located: Located, scores: np.ndarray) -> None:
+        new = {int(i): j for j, i in enumerate(indices)}
+        candidates = {**self.scores, **{i: float(scores[j]) for i, j in new.items()}}
+        best = sorted(candidates, key=lambda i: (-candidates[i], i))[: self.keep]
+        # copies: a view would keep the whole batch of maps alive
+        self.maps = {i: located.maps[new[i]].copy() if i in new else self.maps[i] for i in best}
+        self.scores = {i: candidates[i] for i in best}
+
+
+def draw(workdir: Path | str | None, images: np.ndarray, result: SearchResult, locator_name: str, kept: TopMaps,
+         cfg: FilterConfig) -> list[str]:
+    """Top-k patch grid and attention maps of the top images (the maps their windows were chosen from)."""
     if workdir is None:
         return []
     workdir = Path(workdir)
@@ -106,7 +137,8 @@ def draw(workdir: Path | str | None, images: np.ndarray, result: SearchResult, l
     saved = [save_patch_grid(result.patches(images, cfg.classifier.top_k), workdir / "top_patches.png")]
     top = result.top(cfg.pictures)
     if len(top):
-        located = locator.locate(runner, images[top], clusters, clusters.assignments[top], result.window)
-        saved.append(save_attention_maps(images[top], located.maps, result.windows[top],
-                                         workdir / f"attention_{locator.name}.png"))
+        maps = np.stack([kept.maps[int(i)] for i in top])
+        saved.append(save_attention_maps(images[top], maps, result.windows[top],
+                                         workdir / f"attention_{locator_name}.png"))
+        saved.append(save_attention_arrays(top, maps, result.windows[top], workdir / f"attention_{locator_name}.npz"))
     return [str(p) for p in saved if p is not None]

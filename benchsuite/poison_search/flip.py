@@ -9,6 +9,7 @@ import torch
 
 from benchsuite.clustering import Clusters
 from benchsuite.errors import BenchError
+from benchsuite.poison_search.defaults import COMPAT_MODES, Compat
 from benchsuite.poison_search.encoding import EncoderRunner
 from benchsuite.poison_search.windows import paste_patches
 
@@ -33,6 +34,21 @@ def flip_set(clusters: Clusters, size: int, rng: np.random.Generator) -> np.ndar
     return np.asarray(picked, dtype=np.int64)
 
 
+def draw_corners(count: int, side: int, height: int, width: int, generator: torch.Generator,
+                 compat: Compat = "paper") -> torch.Tensor:
+    """(count, 2) uniform (x, y) top-left corners of a ``side`` patch: in [0, W - side] (every valid
+    position) or, ``compat`` "code", in [0, W - side) as PatchSearch's ``randint`` (0 when side = W)."""
+    last = 0 if compat == "code" else 1
+    return torch.stack([torch.randint(0, max(1, width - side + last), (count,), generator=generator),
+                        torch.randint(0, max(1, height - side + last), (count,), generator=generator)], 1)
+
+
+def assign_raw(clusters: Clusters, features: np.ndarray) -> np.ndarray:
+    """Nearest centre of un-normalised ``features`` (the PatchSearch code's flip-test assignment)."""
+    _, idx = clusters.index.search(np.ascontiguousarray(features, dtype=np.float32), 1)
+    return idx[:, 0].astype(np.int64)
+
+
 class FlipTest:
     """Scores candidate patches by the cluster flips they cause on a fixed flip set.
 
@@ -40,16 +56,19 @@ class FlipTest:
     after pasting minus those assigned to it before (can be negative). "any": flip images whose
     cluster changed at all (PoisonCAM's wording). Each paste goes to an independent uniform
     top-left corner over all valid positions, on the raw [0, 1] image (PatchSearch pastes on the
-    normalised tensor: the same thing, as normalisation is per pixel).
+    normalised tensor: the same thing, as normalisation is per pixel). ``compat`` "code": corners
+    leave out the last position and the pasted images are assigned by their raw features.
     """
 
     def __init__(self, runner: EncoderRunner, images: np.ndarray, clusters: Clusters, indices: np.ndarray,
-                 mode: FlipScore = "into", seed: int = 0) -> None:
+                 mode: FlipScore = "into", seed: int = 0, compat: Compat = "paper") -> None:
         if mode not in ("into", "any"):
             raise BenchError(f"flip_score={mode!r} is not known: use 'into' or 'any'")
+        if compat not in COMPAT_MODES:
+            raise BenchError(f"compat={compat!r} is not known: use one of {', '.join(COMPAT_MODES)}")
         if len(indices) == 0:
             raise BenchError("the flip set is empty: the clustering produced no non-empty cluster")
-        self.runner, self.clusters, self.mode = runner, clusters, mode
+        self.runner, self.clusters, self.mode, self.compat = runner, clusters, mode, compat
         self.base = runner.unit(images[indices])  # (F, 3, H, W)
         self.original = torch.from_numpy(clusters.assignments[indices])
         self.generator = torch.Generator().manual_seed(seed)
@@ -68,12 +87,12 @@ class FlipTest:
         out = np.zeros(n, dtype=np.float64)
         for sl in self.runner.chunks(n, per_item=f):
             c = sl.stop - sl.start
-            corners = torch.stack([torch.randint(0, width - side + 1, (c * f,), generator=self.generator),
-                                   torch.randint(0, height - side + 1, (c * f,), generator=self.generator)], 1)
+            corners = draw_corners(c * f, side, height, width, self.generator, self.compat)
             canvas = self.base.repeat(c, 1, 1, 1)  # candidate-major: row i * f + j = flip image j
             pasted = self.runner.unit(patches[sl]).repeat_interleave(f, 0)
             paste_patches(canvas, pasted, corners.to(canvas.device))
-            eta, _ = self.clusters.assign(self.runner.embed(canvas))
+            features = self.runner.embed(canvas)
+            eta = assign_raw(self.clusters, features) if self.compat == "code" else self.clusters.assign(features)[0]
             eta = torch.from_numpy(eta).view(c, f)
             t = targets_t[sl, None]
             if self.mode == "into":

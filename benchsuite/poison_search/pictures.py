@@ -51,3 +51,12 @@ def save_attention_maps(images: np.ndarray, maps: np.ndarray, windows: np.ndarra
             tiles.append(np.asarray(big))
     Image.fromarray(_tile(tiles, 2)).save(path)
     return path
+
+
+def save_attention_arrays(indices: np.ndarray, maps: np.ndarray, windows: np.ndarray, path: Path) -> Path | None:
+    """The pictured images' indices, attention maps (n, H, W) and windows (n, 4) as an .npz; None when empty."""
+    if len(indices) == 0:
+        return None
+    np.savez_compressed(path, indices=np.asarray(indices, np.int64), maps=np.asarray(maps, np.float32),
+                        windows=np.asarray(windows, np.int64))
+    return path

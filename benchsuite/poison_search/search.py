@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 
-from benchsuite.clustering import Clusters
+from benchsuite.clustering import Clusters, l2_normalize
 from benchsuite.errors import BenchError
+from benchsuite.poison_search.defaults import CLUSTER_SCORES, COMPAT_MODES, Compat
 from benchsuite.poison_search.encoding import EncoderRunner
 from benchsuite.poison_search.flip import FlipScore, FlipTest, flip_set
-from benchsuite.poison_search.locators import Locator
+from benchsuite.poison_search.locators import Located, Locator
 from benchsuite.poison_search.windows import crop_windows
 
-ClusterScore = Literal["max", "sum"]
+ClusterScore = Literal["max", "sum", "total"]  # defaults.CLUSTER_SCORES
 
 
 @dataclass(frozen=True)
@@ -23,18 +25,22 @@ class SearchConfig:
 
     samples_per_iteration: int  # s: images scored per candidate cluster and iteration
     prune_fraction: float  # r: fraction of candidate clusters dropped after each iteration
-    cluster_score: ClusterScore  # "max" of its scored images (PatchSearch) or their "sum" (PoisonCAM app. A)
+    cluster_score: ClusterScore  # see :func:`cluster_scores`
     flip_score: FlipScore  # "into" the candidate's cluster (PatchSearch code) or "any" change
     flip_set_size: int  # images in the flip test set
     prune_at_least_one: bool  # True: search until no cluster is left (paper text); False: PS code's stop
+    compat: Compat = "paper"  # "code": the official PatchSearch code's behaviours (defaults.py docstring)
 
     def __post_init__(self) -> None:
         if self.samples_per_iteration < 1:
             raise BenchError(f"samples_per_iteration={self.samples_per_iteration} must be >= 1")
         if not 0 <= self.prune_fraction < 1:
             raise BenchError(f"prune_fraction={self.prune_fraction} must lie in [0, 1)")
-        if self.cluster_score not in ("max", "sum"):
-            raise BenchError(f"cluster_score={self.cluster_score!r} is not known: use 'max' or 'sum'")
+        if self.cluster_score not in CLUSTER_SCORES:
+            raise BenchError(f"cluster_score={self.cluster_score!r} is not known: "
+                             f"use one of {', '.join(CLUSTER_SCORES)}")
+        if self.compat not in COMPAT_MODES:
+            raise BenchError(f"compat={self.compat!r} is not known: use one of {', '.join(COMPAT_MODES)}")
 
 
 @dataclass
@@ -46,18 +52,25 @@ class SearchResult:
     window: int  # the window side used
     iterations: int
     flip_indices: np.ndarray  # the flip test set
+    unscored_score: float = -np.inf  # where unscored images rank: last (-inf) or at 0 (PatchSearch code)
 
     @property
     def scored(self) -> np.ndarray:
         return np.isfinite(self.scores)
 
+    @property
+    def ranked_scores(self) -> np.ndarray:
+        """The scores with unscored images at ``unscored_score``: the ranking a Detection reports."""
+        return np.where(self.scored, self.scores, self.unscored_score)
+
     def ranking(self) -> np.ndarray:
-        """All indices, highest score first (ties by index), unscored images last."""
-        return np.argsort(-self.scores, kind="stable")
+        """All indices, highest ranked score first (ties by index)."""
+        return np.argsort(-self.ranked_scores, kind="stable")
 
     def top(self, k: int) -> np.ndarray:
-        """The ``k`` best scored images (fewer when fewer were scored)."""
-        return self.ranking()[: min(k, int(self.scored.sum()))]
+        """The ``k`` best ranked scored images (fewer when fewer were scored): only they have a window."""
+        order = self.ranking()
+        return order[self.scored[order]][:k]
 
     def finds_trigger(self, min_flip_fraction: float) -> bool:
         """The no-trigger guard (not in the papers): does a candidate flip at least this fraction of the flip set?
@@ -76,33 +89,87 @@ class SearchResult:
         return crop_windows(images[top], self.windows[top])
 
 
-def _cluster_scores(scores: np.ndarray, members: dict[int, np.ndarray], candidates: list[int],
-                    how: ClusterScore) -> np.ndarray:
+def cluster_scores(scores: np.ndarray, members: dict[int, np.ndarray], candidates: list[int],
+                   how: ClusterScore, current: np.ndarray, unscored_as_zero: bool = False) -> np.ndarray:
+    """Score of each candidate cluster; -inf for a cluster with nothing to count.
+
+    "max": best score of its images scored so far (PatchSearch); "sum": sum of the scores of its
+    images scored in this iteration, ``current`` (PoisonCAM app. A), so a cluster whose queue ran
+    out is pruned first; "total": sum of all its scores so far. ``unscored_as_zero`` (PatchSearch
+    code) counts the cluster's unscored images as 0 for "max" and "total".
+    """
     out = np.full(len(candidates), -np.inf)
     for i, c in enumerate(candidates):
-        s = scores[members[c]]
-        s = s[np.isfinite(s)]
+        m = members[c]
+        s = scores[m]
+        if how == "sum":
+            s = s[current[m]]
+        elif unscored_as_zero:
+            s = np.where(np.isfinite(s), s, 0.0)
+        else:
+            s = s[np.isfinite(s)]
         if len(s):
             out[i] = s.max() if how == "max" else s.sum()
     return out
 
 
+def survivors(candidates: int, cfg: SearchConfig) -> int:
+    """Candidate clusters kept after pruning the ``prune_fraction`` worst; 0 ends the search.
+
+    Paper: at least one is pruned, until none is left. PatchSearch code (``compat`` "code" or
+    ``prune_at_least_one`` False): stop once ``int(r x candidates)`` is 0 (<= 3 clusters at r = 25 %).
+    """
+    drop = int(cfg.prune_fraction * candidates)
+    if drop == 0 and (cfg.compat == "code" or not cfg.prune_at_least_one):
+        return 0
+    return candidates - max(drop, 1)
+
+
+def mean_centre_targets(features: np.ndarray, clusters: Clusters) -> tuple[Clusters, np.ndarray]:
+    """PatchSearch code's Grad-CAM head and targets: ``clusters`` with the cluster means of the
+    L2-normalised features as centres (the index is kept), and each image's argmax cosine to them."""
+    step = 8192  # rows at a time: (N, l) similarities at ImageNet scale would take gigabytes
+    sums = np.zeros((clusters.num_clusters, features.shape[1]), dtype=np.float64)
+    for start in range(0, len(features), step):
+        np.add.at(sums, clusters.assignments[start:start + step], l2_normalize(features[start:start + step]))
+    counts = np.bincount(clusters.assignments, minlength=clusters.num_clusters)[:, None]
+    means = (sums / np.maximum(counts, 1)).astype(np.float32)
+    unit_means = l2_normalize(means)
+    targets = np.concatenate([(l2_normalize(features[start:start + step]) @ unit_means.T).argmax(1)
+                              for start in range(0, len(features), step)])
+    return replace(clusters, centres=means), targets.astype(np.int64)
+
+
+def _all_features(runner: EncoderRunner, images: np.ndarray) -> np.ndarray:
+    return np.concatenate([runner.embed(runner.unit(images[sl])) for sl in runner.chunks(len(images))])
+
+
 def iterative_search(runner: EncoderRunner, images: np.ndarray, clusters: Clusters, locator: Locator,
-                     window: int, cfg: SearchConfig, seed: int) -> SearchResult:
+                     window: int, cfg: SearchConfig, seed: int, features: np.ndarray | None = None,
+                     on_located: Callable[[np.ndarray, Located, np.ndarray], None] | None = None) -> SearchResult:
     """Score s random images of every candidate cluster per iteration, then prune the r worst clusters.
 
     Candidates are located lazily, only for the images the search samples (PoisonCAM §4.2 locates
-    every image, which gives the same scores at a far higher cost).
+    every image, which gives the same scores at a far higher cost). ``features`` (the clustered
+    ones) are used only by ``compat`` "code", for the Grad-CAM targets; computed when not given.
+    ``on_located(indices, located, scores)`` sees each located batch (the filter keeps the top
+    images' maps for its pictures).
     """
+    code = cfg.compat == "code"
     rng = np.random.default_rng([seed, 17])
     members = {c: clusters.members(c) for c in range(clusters.num_clusters)}
     queues = {c: rng.permutation(m) for c, m in members.items() if len(m)}
     taken = dict.fromkeys(queues, 0)
     candidates = [int(c) for c in rng.permutation(list(queues))]  # random order breaks score ties
     flip_indices = flip_set(clusters, cfg.flip_set_size, rng)
-    flip = FlipTest(runner, images, clusters, flip_indices, cfg.flip_score, seed=int(rng.integers(2**31)))
+    flip = FlipTest(runner, images, clusters, flip_indices, cfg.flip_score, seed=int(rng.integers(2**31)),
+                    compat=cfg.compat)
+    head, targets = clusters, clusters.assignments
+    if code:
+        head, targets = mean_centre_targets(_all_features(runner, images) if features is None else features, clusters)
     scores = np.full(len(images), -np.inf)
     windows = np.full((len(images), 4), -1, dtype=np.int64)
+    current = np.zeros(len(images), dtype=bool)
     iterations = 0
     while candidates:
         batch = []
@@ -112,13 +179,15 @@ def iterative_search(runner: EncoderRunner, images: np.ndarray, clusters: Cluste
         if not batch:
             break
         idx = np.asarray(batch, dtype=np.int64)
-        located = locator.locate(runner, images[idx], clusters, clusters.assignments[idx], window)
+        located = locator.locate(runner, images[idx], head, targets[idx], window)
         scores[idx] = flip.score(crop_windows(images[idx], located.windows), clusters.assignments[idx])
         windows[idx] = located.windows
+        if on_located is not None:
+            on_located(idx, located, scores[idx])
+        current[:] = False
+        current[idx] = True
         iterations += 1
-        order = np.argsort(-_cluster_scores(scores, members, candidates, cfg.cluster_score), kind="stable")
-        drop = int(cfg.prune_fraction * len(candidates))
-        if drop == 0 and not cfg.prune_at_least_one:
-            break
-        candidates = [candidates[i] for i in order[: len(candidates) - max(drop, 1)]]
-    return SearchResult(scores, windows, window, iterations, flip_indices)
+        ranked = cluster_scores(scores, members, candidates, cfg.cluster_score, current, unscored_as_zero=code)
+        order = np.argsort(-ranked, kind="stable")
+        candidates = [candidates[i] for i in order[: survivors(len(candidates), cfg)]]
+    return SearchResult(scores, windows, window, iterations, flip_indices, 0.0 if code else -np.inf)

@@ -1,6 +1,6 @@
 """SSL augmentations as batched tensor ops (one call per batch, no per-image PIL work).
 
-RandomResizedCrop + horizontal flip is one ``grid_sample`` with a per-image affine grid;
+RandomResizedCrop (torchvision's box sampling) + horizontal flip is one ``grid_sample`` with a per-image grid;
 colour jitter, grayscale, blur and solarize act on the whole batch with per-image random factors.
 
 ``shard=(offset, total)`` says the batch is rows ``offset:offset+len(x)`` of a global batch of
@@ -17,8 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from benchsuite.cache import added_field
+from benchsuite.errors import BenchError
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)
+CROP_TRIES = 10  # torchvision's RandomResizedCrop.get_params: 10 boxes, then a centre crop
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,17 @@ class AugmentConfig:
     solarize_prob: float = added_field(0.0)  # MoCo-v3 / BYOL: 0.2 on the second view
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    # the crop algorithm, a keyed field: encoders cached with the earlier crop (sides clipped to the
+    # image, no integer boxes) have no such field, so their cache keys differ
+    crop_impl: str = "torchvision"
+
+    def __post_init__(self) -> None:
+        for name in ("crop_scale", "crop_ratio"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi:
+                raise BenchError(f"{name} = ({lo}, {hi}) needs 0 < min <= max: fix the augmentation's {name}")
+        if self.crop_impl != "torchvision":
+            raise BenchError(f"crop_impl = {self.crop_impl!r} is not known: use \"torchvision\"")
 
 
 def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
@@ -55,10 +68,10 @@ def normalize(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
 Shard = tuple[int, int]  # (offset, total): this batch's rows in a global batch
 
 
-def _rand_all(x: torch.Tensor, gen: torch.Generator, shard: Shard | None) -> torch.Tensor:
-    """One uniform number per image of the global batch."""
+def _rand_all(x: torch.Tensor, gen: torch.Generator, shard: Shard | None, *shape: int) -> torch.Tensor:
+    """Uniform numbers for each image of the global batch: shape (total, *shape)."""
     total = x.shape[0] if shard is None else shard[1]
-    return torch.rand(total, generator=gen, device=x.device)
+    return torch.rand(total, *shape, generator=gen, device=x.device)
 
 
 def _mine(values: torch.Tensor, x: torch.Tensor, shard: Shard | None) -> torch.Tensor:
@@ -74,26 +87,80 @@ def _uniform(x: torch.Tensor, lo: float, hi: float, gen: torch.Generator, shard:
     return _rand(x, gen, shard) * (hi - lo) + lo
 
 
+def _wide(device: torch.device) -> torch.dtype:
+    """float64 for box arithmetic (sides rounded as torchvision's Python floats), but MPS has none."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _fallback_box(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int]:
+    """torchvision's box when no try fits: the whole image, or its centre at the nearest allowed ratio."""
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        return int(round(width / min(ratio))), width
+    if in_ratio > max(ratio):
+        return height, int(round(height * max(ratio)))
+    return height, width
+
+
+def crop_boxes(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator,
+               shard: Shard | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Integer boxes (top, left, height, width) per image, drawn as torchvision's RandomResizedCrop.get_params.
+
+    Each image gets CROP_TRIES candidates (area ~ U(scale) x image area, log-uniform aspect, sides
+    rounded to pixels) and keeps the first that fits in the image, at a uniform integer offset;
+    without one it takes the centre fallback. Same distribution as torchvision's loop, not its numbers.
+    """
+    height, width = x.shape[-2:]
+    wide = _wide(x.device)
+    lo, hi = cfg.crop_scale
+    log_lo, log_hi = math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1])
+    target = (_rand_all(x, gen, shard, CROP_TRIES).to(wide) * (hi - lo) + lo) * (height * width)
+    ratio = torch.exp(_rand_all(x, gen, shard, CROP_TRIES).to(wide) * (log_hi - log_lo) + log_lo)
+    w = torch.round(torch.sqrt(target * ratio))  # round half to even, as Python's round
+    h = torch.round(torch.sqrt(target / ratio))
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.int().argmax(1, keepdim=True)  # the first fitting try (0 when none fits)
+    fit = fits.any(1)
+    fh, fw = _fallback_box(height, width, cfg.crop_ratio)
+    h = torch.where(fit, h.gather(1, first)[:, 0], float(fh))
+    w = torch.where(fit, w.gather(1, first)[:, 0], float(fw))
+    # randint(0, n - side + 1) as floor(u * (n - side + 1)); the fallback is centred
+    top = torch.minimum(torch.floor(_rand_all(x, gen, shard).to(wide) * (height - h + 1)), height - h)
+    left = torch.minimum(torch.floor(_rand_all(x, gen, shard).to(wide) * (width - w + 1)), width - w)
+    top = torch.where(fit, top, float((height - fh) // 2))
+    left = torch.where(fit, left, float((width - fw) // 2))
+    return (_mine(top.long(), x, shard), _mine(left.long(), x, shard),
+            _mine(h.long(), x, shard), _mine(w.long(), x, shard))
+
+
+def _sample_points(start: torch.Tensor, side: torch.Tensor, size: int, out: int, dtype: torch.dtype) -> torch.Tensor:
+    """grid_sample coordinates (align_corners=False) of ``out`` pixels resized from ``[start, start+side)``.
+
+    Output pixel k reads input position start + (k + 0.5) side / out - 0.5 (pixel centres), kept
+    inside the box as interpolate's edge clamping does, so a whole-image box is the identity.
+    """
+    wide = _wide(start.device)
+    k = torch.arange(out, device=start.device, dtype=wide) + 0.5
+    start, side = start.to(wide)[:, None], side.to(wide)[:, None]
+    pos = torch.minimum(torch.maximum(start + k * side / out - 0.5, start), start + side - 1)
+    return ((2 * pos + 1) / size - 1).to(dtype)
+
+
 def random_resized_crop(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator,
                         shard: Shard | None = None) -> torch.Tensor:
-    """Crop a random area/aspect box per image, resize to the input size, maybe flip."""
-    n, dev = x.shape[0], x.device
-    area = _uniform(x, *cfg.crop_scale, gen, shard)
-    log_ratio = _uniform(x, math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1]), gen, shard)
-    ratio = torch.exp(log_ratio)
-    # box sides as fractions of the image side, clipped to the image (torchvision falls back alike)
-    w = torch.sqrt(area * ratio).clamp(max=1.0)
-    h = torch.sqrt(area / ratio).clamp(max=1.0)
-    cx = (_rand(x, gen, shard) * (1 - w) + w / 2) * 2 - 1
-    cy = (_rand(x, gen, shard) * (1 - h) + h / 2) * 2 - 1
-    flip = torch.where(_rand(x, gen, shard) < cfg.flip_prob, -1.0, 1.0)
-    theta = torch.zeros(n, 2, 3, device=dev)
-    theta[:, 0, 0] = w * flip
-    theta[:, 0, 2] = cx
-    theta[:, 1, 1] = h
-    theta[:, 1, 2] = cy
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    """torchvision's RandomResizedCrop to the input size, then a horizontal flip with flip_prob.
+
+    The box (see :func:`crop_boxes`) is resampled bilinearly like torchvision's crop + resize. The
+    output has the input's size, so a box is only ever enlarged and antialiasing never applies.
+    """
+    n, _, height, width = x.shape
+    top, left, h, w = crop_boxes(x, cfg, gen, shard)
+    flip = (_rand(x, gen, shard) < cfg.flip_prob)[:, None]
+    gx = _sample_points(left, w, width, width, x.dtype)
+    gx = torch.where(flip, gx.flip(1), gx)
+    gy = _sample_points(top, h, height, height, x.dtype)
+    grid = torch.stack([gx[:, None, :].expand(n, height, width), gy[:, :, None].expand(n, height, width)], -1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 
 from benchsuite import distributed
 from benchsuite.cache import added_field
-from benchsuite.checkpoint import atomic_write, load_tensors
+from benchsuite.checkpoint import atomic_write, load_tensors, save_tensors
 from benchsuite.console import progress_bar
 from benchsuite.errors import BenchError
 from benchsuite.ssl.augment import AugmentConfig, augment, to_float
@@ -47,8 +47,16 @@ class TrainConfig:
     # a step schedule instead of the cosine: lr x lr_drop_factor at each of these epochs (BYOL R18)
     lr_drop_epochs: tuple[int, ...] = added_field(())
     lr_drop_factor: float = added_field(0.2)
+    # epochs after which the backbone is kept (snapshot-eNNN.safetensors; the last epoch's is the final
+    # encoder) and probed: a learning curve of this one run
+    snapshots: tuple[int, ...] = added_field(())
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "snapshots", tuple(sorted(set(self.snapshots))))
+        outside = [e for e in self.snapshots if not 1 <= e <= self.epochs]
+        if outside:
+            raise BenchError(f"train.snapshots {outside} outside 1..{self.epochs} (the epochs trained): "
+                             f"pick epochs in that range, e.g. --set train.snapshots=[{max(1, self.epochs // 2)}]")
         if self.optimizer not in OPTIMIZERS:
             raise BenchError(f"unknown optimizer {self.optimizer!r}: set train.optimizer to one of "
                              f"{', '.join(OPTIMIZERS)}")
@@ -154,11 +162,19 @@ def pretrain(method: SSLMethod, images: np.ndarray, cfg: TrainConfig, seed: int,
                     method.after_step((step + 1) / total)
                 history.append(distributed.mean(float(np.mean(losses))))
                 advance(1, info=f"loss {history[-1]:.3f}")
+                # the last epoch's snapshot is the trained backbone itself, saved by the caller
+                if distributed.is_main() and epoch + 1 in cfg.snapshots and epoch + 1 < cfg.epochs:
+                    save_tensors(snapshot_path(workdir, epoch + 1), method.backbone.state_dict())
                 if distributed.is_main() and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
                     _save(method, optimizer, epoch + 1, workdir, history)
     finally:
         distributed.restore_batchnorm(swapped)
     return method
+
+
+def snapshot_path(workdir: Path, epoch: int) -> Path:
+    """Where :func:`pretrain` keeps the backbone's weights after ``epoch`` (one of ``train.snapshots``)."""
+    return Path(workdir) / f"snapshot-e{epoch:03d}.safetensors"
 
 
 def _accumulate(method: SSLMethod, v1: torch.Tensor, v2: torch.Tensor, micro: int, steps: int,

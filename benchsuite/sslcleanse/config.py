@@ -18,7 +18,8 @@ class SSLCleanseConfig:
 
     # -- K by SWK ----------------------------------------------------------------------------
     clusters: int | None = None  # fix K and skip SWK (code README: 12 for ImageNet-100)
-    k_min: int = 2  # slides' CIFAR-10 curve: K in 2..28; ImageNet-100: 10..200
+    # at least 3: with two clusters the MAD anomaly index is always 1 / 1.4826 = 0.674 (never flagged)
+    k_min: int = 3  # paper (slides' CIFAR-10 curve, K in 2..28): 2; ImageNet-100: 10..200
     k_max: int = 30
     k_step: int = 1  # slides: 2 (CIFAR-10), 10 (ImageNet-100)
     swk_window: int = 3  # K values averaged per point of the smoothed curve [GAP: not released]
@@ -58,14 +59,23 @@ class SSLCleanseConfig:
     crop_scale: tuple[float, float] = (0.2, 1.0)  # the views' RandomResizedCrop scale (BYOL recipe)
     jitter_prob: float = 0.8  # the views' colour-jitter probability (BYOL recipe)
 
+    def __post_init__(self) -> None:
+        validate(self)  # refused when the config is read, before any stage runs
+
+
+MIN_CLUSTERS = 3
+_WHY = "with 2 clusters the MAD anomaly index is always 1/1.4826 = 0.674 and can never flag"
+
 
 def validate(cfg: SSLCleanseConfig) -> None:
     """Refuse option values that cannot work, one line naming the fix."""
     checks = [
         (0 < cfg.ratio <= 1, f"ratio={cfg.ratio} must be in (0, 1] (a share of the defender's images)"),
         (0 < cfg.mitigate_ratio <= 1, f"mitigate_ratio={cfg.mitigate_ratio} must be in (0, 1]"),
-        (cfg.clusters is None or cfg.clusters >= 2, f"clusters={cfg.clusters} must be at least 2 (or unset for SWK)"),
-        (cfg.k_min >= 2 and cfg.k_max >= cfg.k_min, f"need 2 <= k_min <= k_max, got {cfg.k_min}, {cfg.k_max}"),
+        (cfg.clusters is None or cfg.clusters >= MIN_CLUSTERS,
+         f"clusters={cfg.clusters}: set defense.sslcleanse.clusters >= {MIN_CLUSTERS} (or unset it for SWK); {_WHY}"),
+        (cfg.k_min >= MIN_CLUSTERS, f"k_min={cfg.k_min}: set defense.sslcleanse.k_min >= {MIN_CLUSTERS}; {_WHY}"),
+        (cfg.k_max >= cfg.k_min, f"k_max={cfg.k_max} is below k_min={cfg.k_min}: raise defense.sslcleanse.k_max"),
         (cfg.k_step >= 1 and cfg.swk_window >= 1, "k_step and swk_window must be at least 1"),
         (cfg.epochs >= 1 and cfg.batch_size >= 1 and cfg.knn_sample_num >= 1,
          "epochs, batch_size and knn_sample_num must be at least 1"),

@@ -14,7 +14,7 @@ from benchsuite.errors import BenchError
 from benchsuite.eval.features import extract_features
 from benchsuite.ssl.augment import to_float
 from benchsuite.sslcleanse.codec import encode_trigger
-from benchsuite.sslcleanse.config import SSLCleanseConfig, validate
+from benchsuite.sslcleanse.config import MIN_CLUSTERS, SSLCleanseConfig, validate
 from benchsuite.sslcleanse.inversion import Inversion, invert_triggers
 from benchsuite.sslcleanse.outlier import anomaly_index
 from benchsuite.sslcleanse.plots import plot_flagged, plot_swk, plot_triggers
@@ -56,9 +56,24 @@ def detect(encoder: nn.Module, images: np.ndarray, features: np.ndarray | None, 
     smallest = int(np.argmin(inv.norms))
     trojaned = index > cfg.anomaly_threshold
     extras = _extras(inv, labels, swk, smallest, len(idx), time.perf_counter() - start)
+    warnings = verdict_warnings(swk, int(labels.max()) + 1)
+    if warnings:
+        extras["warnings"] = warnings
     if workdir is not None:
         _pictures(Path(workdir), inv, swk, smallest, index, trojaned, images[idx][labels != smallest][0])
     return Verdict(bool(trojaned), float(index), smallest if trojaned else None, extras)
+
+
+def verdict_warnings(swk: SWKResult | None, k: int) -> list[str]:
+    """One-line cautions on the verdict: SWK stopped at the bottom of its range, or too few clusters to flag."""
+    warnings = []
+    if swk is not None and len(swk.ks) > 1 and swk.k == swk.ks[0]:
+        warnings.append(f"SWK chose K = k_min = {swk.k}, the first K tried (no knee inside k_min..k_max: the "
+                        "curve falls or rises evenly, see swk.png); check it or fix defense.sslcleanse.clusters")
+    if k < MIN_CLUSTERS:
+        warnings.append(f"k-means left {k} non-empty clusters: the MAD index cannot flag below {MIN_CLUSTERS}; "
+                        "raise defense.sslcleanse.ratio")
+    return warnings
 
 
 def _extras(inv: Inversion, labels: np.ndarray, swk: SWKResult | None, smallest: int, n: int,
