@@ -19,6 +19,7 @@ import numpy as np
 from benchsuite.api import Attack, PatchedSet, Poisoning
 from benchsuite.cache import added_field
 from benchsuite.data import ImageDataset
+from benchsuite.data.store import copy_on_write
 from benchsuite.errors import BenchError
 from benchsuite.hookspecs import hookimpl
 from benchsuite.triggers import (
@@ -87,7 +88,7 @@ class HTBA(Attack):
         trigger = self.trigger_for(target, train.image_size)
         lo, hi = self.config.train_location
         chosen = choose_poisons(train.labels, target, rate, rng)
-        images = train.images.copy()
+        images = copy_on_write(train.images)  # a stage map: only the poisons' pages are copied
         boxes = np.full((len(train), 4), -1, dtype=np.int64)
         if self.config.paste_space == "native":
             images[chosen], boxes[chosen] = self._paste_native(train, chosen, target, rng)

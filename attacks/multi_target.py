@@ -33,15 +33,16 @@ from benchsuite.triggers import GENERATED, glyph_number, make_trigger
 
 @dataclass(frozen=True)
 class MultiTargetConfig(HTBAConfig):
-    # 'glyph': a structured pattern per target, distinct by construction; 'random' (HTBA-style blobs, seeded
-    # per target) was the default before issue #14; a single PNG path is refused for several targets
+    # 'glyph': a structured pattern per target, distinct by construction (papers: an HTBA PNG per target, spec 2:
+    # trigger_dir / trigger_files); 'random' (HTBA-style blobs seeded per target) was the default before issue #14;
+    # a single PNG path is refused for several targets
     trigger: str = "glyph"
     n_targets: int = 3  # targets of a cell given with one target (PoisonCAM: 2 and 3)
     targets: tuple[int, ...] = ()  # explicit targets for single-target cells, e.g. (0, 3, 5); overrides n_targets
     # target class -> trigger image path (TOML keys are strings, e.g. {"26" = "trigger_10.png"});
     # targets not listed use ``trigger_dir`` or else ``trigger``, which must then be generated to stay distinct
     trigger_files: dict[str, str] = field(default_factory=dict)
-    # a folder of PNGs: class k gets the k-th by file name (PoisonCAM: trigger_10.png -> the first target)
+    # a folder of PNGs: class k gets the k-th by file name (HTBA's trigger_10.png ... trigger_19.png -> classes 0-9)
     trigger_dir: str = added_field("")
 
 
@@ -96,7 +97,7 @@ class MultiTarget(HTBA):
         shared = [t for t in targets if str(t) not in self.config.trigger_files]
         if len(shared) > 1 and self.config.trigger not in GENERATED:
             raise BenchError(f"targets {shared} would share the trigger file {self.config.trigger}: give each "
-                             "its own with attack.multi_target.trigger_files, or use trigger='glyph'")
+                             "its own with --trigger-dir or attack.multi_target.trigger_files, or use --trigger glyph")
         if self.config.trigger == "glyph":
             glyphs, n = [glyph_number([self.config.trigger_seed, t]) for t in shared], len(GLYPHS)
             if len(set(glyphs)) != len(glyphs):

@@ -28,6 +28,7 @@ import torch
 
 from benchsuite.api import Attack, PatchedSet, Poisoning
 from benchsuite.data import ImageDataset
+from benchsuite.data.store import copy_on_write
 from benchsuite.errors import BenchError
 from benchsuite.hookspecs import hookimpl
 
@@ -160,7 +161,7 @@ class Spectral(Attack):
             raise BenchError(f"spectral poisons one target per cell, got {targets}: give one target per cell, e.g. 0,3")
         target = targets[0]
         chosen = select_poisons(train.labels, target, rate, self.config, seed)
-        images = train.images.copy()
+        images = copy_on_write(train.images)  # a stage map: only the poisons' pages are copied
         images[chosen] = apply_spectral(train.images[chosen], self.config)
         mask = np.zeros(len(train), dtype=bool)
         mask[chosen] = True

@@ -3,7 +3,8 @@
 The key hashes the stage's inputs and config; file inputs (a trigger PNG, a dataset folder, a
 start checkpoint) enter it by content (:func:`file_digest`, :func:`path_fingerprint`), not by
 name. A stage directory without DONE is unfinished (its partial files, e.g. a pretraining
-checkpoint, are what a rerun resumes from). A finished stage that cannot be loaded is moved
+checkpoint, are what a rerun resumes from); DONE also holds what computing the stage cost
+(:mod:`benchsuite.cost`), which a load keeps. A finished stage that cannot be loaded is moved
 aside to ``<stage>/<key>.corrupt-<time>`` and recomputed. A file lock (``flock`` on
 ``<cache>/.locks/<stage>/<key>.lock``) keeps two processes from computing the same stage at once; a
 filesystem without working ``flock`` (some NFS mounts) needs one writer per ``--out``.
@@ -24,7 +25,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from benchsuite import distributed
+from benchsuite import cost, distributed
 from benchsuite.checkpoint import save_json
 from benchsuite.console import console
 
@@ -177,8 +178,17 @@ class StageCache:
         return json.loads((self.root / stage / key / "DONE").read_text())
 
     def mark_done(self, stage: str, key: str, meta: dict[str, Any] | None = None) -> None:
+        """Write the DONE marker with ``meta`` and the stage's cost so far (kept when the stage is loaded)."""
         if distributed.is_main():  # under torchrun rank 0 alone writes
-            save_json(self.dir(stage, key) / "DONE", meta or {})
+            spent = cost.current(stage, key)
+            save_json(self.dir(stage, key) / "DONE", {**(meta or {}), **({"cost": spent.to_dict()} if spent else {})})
+
+    def stage_cost(self, stage: str, key: str) -> cost.StageCost | None:
+        """What a finished stage cost when it was computed; None when unknown (cached before costs were kept)."""
+        try:
+            return cost.StageCost.from_dict(self.meta(stage, key).get("cost"))
+        except (OSError, ValueError, AttributeError):
+            return None
 
     @contextmanager
     def lock(self, stage: str, key: str) -> Iterator[Path]:
@@ -207,11 +217,21 @@ class StageCache:
         while the other ranks wait, except pretraining, which every rank computes.
         """
         self.used.append((stage, key))
+        compute = self._metered(stage, key, compute)
         if distributed.world_size() > 1:
             if stage in distributed.COLLECTIVE_STAGES:
                 return self._run_collective(stage, key, load, compute)
             return distributed.run_stage(load, lambda: self._run(stage, key, load, compute))
         return self._run(stage, key, load, compute)
+
+    @staticmethod
+    def _metered(stage: str, key: str, compute: Callable[[], T]) -> Callable[[], T]:
+        """``compute`` under a cost meter, which :meth:`mark_done` reads."""
+        def metered() -> T:
+            with cost.measure(stage, key):
+                return compute()
+
+        return metered
 
     def _run(self, stage: str, key: str, load: Callable[[], T], compute: Callable[[], T]) -> T:
         if self.is_done(stage, key):

@@ -58,6 +58,13 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
+def _rate(per_second: float) -> str:
+    """Steps per second, or seconds per step when a step takes longer than a second."""
+    if per_second >= 1 or per_second <= 0:
+        return f"{per_second:.3g} it/s"
+    return f"{_duration(1 / per_second)}/it" if per_second < 1 / 60 else f"{1 / per_second:.3g} s/it"
+
+
 class PlainProgress:
     """Decides when a plain progress line is due and formats it; ``clock`` is injectable for tests."""
 
@@ -80,7 +87,7 @@ class PlainProgress:
         rate = ran / elapsed if elapsed > 0 else 0.0
         eta = (self.total - self.done) / rate if rate > 0 else None
         parts = [f"{self.description}: {self.done}/{self.total} ({percent:.0f}%)",
-                 f"{rate:.3g}/s" if ran else "", f"elapsed {_duration(elapsed)}",
+                 _rate(rate) if ran else "", f"elapsed {_duration(elapsed)}",
                  f"ETA {_duration(eta)}" if eta is not None and self.done < self.total else "", info]
         return "  ".join(p for p in parts if p)
 
@@ -107,7 +114,7 @@ def progress_bar(description: str, total: int, start: int = 0) -> Iterator[Calla
     plain = PlainProgress(description, total, start)
     start_line = f"{description}: started at {start}/{total}"
     if not terminal:
-        console.print(start_line, markup=False, highlight=False)
+        console.print(start_line, markup=False, highlight=False, soft_wrap=True)
     _append_log(start_line)
     with Progress(*columns, console=console, transient=True, disable=not terminal) as bar:
         task = bar.add_task(description, total=total, completed=start, info="")
@@ -117,7 +124,7 @@ def progress_bar(description: str, total: int, start: int = 0) -> Iterator[Calla
             line = plain.advance(n, info)
             if line is not None:
                 if not terminal:
-                    console.print(line, markup=False, highlight=False)
+                    console.print(line, markup=False, highlight=False, soft_wrap=True)
                 _append_log(line)
 
         yield advance

@@ -168,10 +168,11 @@ def doctor(config: RunConfig, out: Path, seconds: float = DEFAULT_SECONDS, devic
     data = data_shape(config, registry)
     device = device or resolve_device(config.device)
     g = config.grid
-    plan_cells(config, registry, data)  # unknown attacks fail here, before the measurement
+    defenses = grid_defenses(config, registry)  # unknown names fail here, before the measurement
+    plan_cells(config, registry, data)
     console.log(f"measuring {config.ssl.method} / {config.ssl.backbone} at {data.image_size} px on {device} "
                 f"(about {seconds:.0f} s)")
-    m = measure(config, registry, data, device, seconds, grid_defenses(config, registry))
+    m = measure(config, registry, data, device, seconds, defenses)
     stdout.print(_table(f"Measured on {device}", ["what", "throughput"], measurement_rows(m)))
     stages = project(config, registry, data, m)
     title = (f"Projected time: preset {config.preset}, {data.train:,} train / {data.val:,} val images at "

@@ -17,6 +17,7 @@ from benchsuite.cache import stable_hash
 from benchsuite.checkpoint import copy_file, save_json, sweep_temp_files
 from benchsuite.config import RunConfig
 from benchsuite.console import note, set_log_file
+from benchsuite.cost import row_costs
 from benchsuite.errors import BenchError
 from benchsuite.eval.detection import (
     per_target_detection,
@@ -181,6 +182,7 @@ class GridRunner:
             models.append(("clean", clean))
             for metrics in p.evaluate(clean, cell):
                 rows.append({**self._base_row(cell, REFERENCE_DEFENSE, clean.key), **metrics,
+                             **self._costs([], [("pretrain", clean.key)]),
                              "n_train": len(p.splits().train), "n_poison": 0})
         if self.config.train.snapshots:
             self._cell_curves[cell] = [row for model, encoder in models for row in self._curve(cell, model, encoder)]
@@ -253,6 +255,14 @@ class GridRunner:
                                           poisoning.poison_target)
         return np.flatnonzero(~remove), stable_hash(poison_key, "kept", remove), metrics, per_target
 
+    def _costs(self, defense: list[tuple[str, str]], pretrain: list[tuple[str, str]],
+                filtered_images: int | None = None) -> dict[str, Any]:
+        """The ``cost_*`` columns from the recorded costs of the defense's own stages and of the pretraining of
+        the row's encoder (README, "Results columns"); a cached stage keeps the cost it had when it ran."""
+        cache = self.pipeline.cache
+        return row_costs([cache.stage_cost(*s) for s in defense], [cache.stage_cost(*s) for s in pretrain],
+                         filtered_images)
+
     def _run_defense(self, defense: Defense, cell: Cell, poisoning: Poisoning, poison_key: str, threat: Encoder,
                      n_poison: int) -> list[dict[str, Any]]:
         p = self.pipeline
@@ -261,14 +271,18 @@ class GridRunner:
         images, label = poisoning.train.images, f"{defense.name} {cell.label}"
         if defense.kind == "none":
             encoder = threat
+            costs = self._costs([], [("pretrain", threat.key)])
         elif defense.kind == "training":
             encoder = p.encoder(images, poison_key, cell.seed, label=f"pretrain {label}", training=defense)
+            costs = self._costs([("pretrain", encoder.key)], [("pretrain", encoder.key)])
         elif defense.kind in ("filter", "composed"):
             filter_defense = defense.filter if isinstance(defense, ComposedDefense) else defense
             training = defense.training if isinstance(defense, ComposedDefense) else None
             kept, kept_key, metrics, per_target = self._filter(filter_defense, cell, poisoning, poison_key, threat)
             extra.update(metrics, n_train=len(kept))
             encoder = p.encoder(images[kept], kept_key, cell.seed, label=f"retrain {label}", training=training)
+            costs = self._costs([("detect", p.detect_key(filter_defense, threat.key, poison_key, cell.seed))],
+                                [("pretrain", encoder.key)], filtered_images=len(images))
         else:  # model: judge the threat and the clean encoder, evaluate the repaired threat encoder
             verdict, workdir = p.inspect(defense, threat, cell.seed)
             clean_verdict, _ = p.inspect(defense, self.clean_encoder(cell), cell.seed)
@@ -279,5 +293,7 @@ class GridRunner:
                          clean_trojaned=clean_verdict.trojaned, clean_anomaly_index=clean_verdict.anomaly_index,
                          figures=self._link_figures(workdir, cell, defense.name))
             encoder = p.mitigate(defense, threat, verdict, cell.seed)
-        return [{**self._base_row(cell, defense.name, encoder.key), **metrics, **extra,
+            mitigated = p.mitigate_key(defense, threat.key, cell.seed)
+            costs = self._costs([("inspect", workdir.name), ("mitigate", mitigated)], [])
+        return [{**self._base_row(cell, defense.name, encoder.key), **metrics, **extra, **costs,
                  **per_target.get(metrics["target"], {})} for metrics in p.evaluate(encoder, cell)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +25,12 @@ from benchsuite.api import (
     config_from_options,
 )
 from benchsuite.backbones import timm_backbone
-from benchsuite.cache import StageCache, array_digest, file_inputs, path_fingerprint, stable_hash
+from benchsuite.cache import StageCache, file_inputs, path_fingerprint, stable_hash
 from benchsuite.checkpoint import atomic_write, load_into, save_json, save_tensors
 from benchsuite.config import RunConfig
 from benchsuite.console import console
 from benchsuite.data import ImageDataset, Splits
+from benchsuite.data.store import load_splits, open_array, open_rows, remove_tree, save_array, save_rows, save_splits
 from benchsuite.errors import BenchError
 from benchsuite.eval.detection import CONTROL_SIZE, pasting_control
 from benchsuite.eval.features import extract_features
@@ -170,36 +172,36 @@ class Pipeline:
             return self._splits
         key, spec = self.dataset_stage_key, self.config.dataset
         by_content = key != stable_hash("dataset", spec)
-        path = self.cache.dir("dataset", key) / "data.npz"
+        folder = self.cache.dir("dataset", key)
 
         def load() -> Splits:
             if by_content:
                 self._data_key = stable_hash("data", self.cache.meta("dataset", key)["content"])
-            with np.load(path) as d:
-                classes = json.loads(str(d["classes"]))
-                geometry = {k: d[k] if k in d.files else None for k in ("train_geometry", "val_geometry")}
-                return Splits(ImageDataset(d["train_x"], d["train_y"], classes, geometry["train_geometry"]),
-                              ImageDataset(d["val_x"], d["val_y"], classes, geometry["val_geometry"]))
+            if (folder / "data.npz").is_file():  # cached before the memory-mapped store (issue #15)
+                with np.load(folder / "data.npz") as d:
+                    classes = json.loads(str(d["classes"]))
+                    geometry = {k: d[k] if k in d.files else None for k in ("train_geometry", "val_geometry")}
+                    return Splits(ImageDataset(d["train_x"], d["train_y"], classes, geometry["train_geometry"]),
+                                  ImageDataset(d["val_x"], d["val_y"], classes, geometry["val_geometry"]))
+            return load_splits(folder)
 
         def compute() -> Splits:
             loader = self.registry.get("dataset", spec.name)
             options = dict(spec.options)
             if spec.path:  # resolved: what was fingerprinted, whatever the working directory
                 options["path"] = str(Path(spec.path).expanduser().resolve())
-            with console.status(f"loading dataset {spec.name}"):
-                splits = loader(**options)
-            geometry = {f"{name}_geometry": part.native_geometry for name, part in
-                        (("train", splits.train), ("val", splits.val)) if part.native_geometry is not None}
-            _save_arrays(path, train_x=splits.train.images, train_y=splits.train.labels,
-                         val_x=splits.val.images, val_y=splits.val.labels,
-                         classes=np.array(json.dumps(splits.classes)), **geometry)
-            content = array_digest(splits.train.images, splits.train.labels, splits.val.images, splits.val.labels,
-                                   np.array(json.dumps(splits.classes)), *geometry.values()) if by_content else None
+            if "workdir" in inspect.signature(loader).parameters:  # decodes into maps here, resumable
+                options.setdefault("workdir", str(folder / "decode"))
+            console.log(f"loading dataset {spec.name}")
+            splits = loader(**options)
+            content = save_splits(folder, splits, by_content)  # the digest array_digest gives the arrays
+            remove_tree(folder / "decode")
             self.cache.mark_done("dataset", key, {"spec": spec, "train": len(splits.train), "val": len(splits.val),
-                                                  "inputs": self._dataset_files, "content": content})
+                                                  "inputs": self._dataset_files,
+                                                  "content": content})
             if by_content:
                 self._data_key = stable_hash("data", content)
-            return splits
+            return load_splits(folder)  # the maps of the stored files, whatever the loader returned
 
         splits = self.cache.run("dataset", key, load, compute)
         if not by_content:
@@ -232,20 +234,29 @@ class Pipeline:
             splits.check_target(t)
         attack = self.attack(cell.attack)
         key = self.poison_key(cell)
-        path = self.cache.dir("poison", key) / "poison.npz"
+        folder = self.cache.dir("poison", key)
 
         def load() -> Poisoning:
-            with np.load(path) as d:
+            if (folder / "poison.npz").is_file():  # cached before the memory-mapped store (issue #15)
+                with np.load(folder / "poison.npz") as d:
+                    triggers = {int(k.split("_")[1]): d[k] for k in d.files if k.startswith("trigger_")}
+                    train = ImageDataset(d["images"], splits.train.labels, splits.classes)
+                    return Poisoning(train, d["mask"], d["poison_target"], d["boxes"], triggers)
+            # the clean training map with the stored poisoned rows over it: no copy of the training set
+            train = ImageDataset(open_rows(folder, splits.train.images), splits.train.labels, splits.classes)
+            with np.load(folder / "poison-meta.npz") as d:
                 triggers = {int(k.split("_")[1]): d[k] for k in d.files if k.startswith("trigger_")}
-                train = ImageDataset(d["images"], splits.train.labels, splits.classes)
                 return Poisoning(train, d["mask"], d["poison_target"], d["boxes"], triggers)
 
         def compute() -> Poisoning:
             p = attack.poison(splits.train, list(cell.targets), cell.rate, cell.seed)
-            _save_arrays(path, images=p.train.images, mask=p.poison_mask, poison_target=p.poison_target,
+            changed = save_rows(folder, splits.train.images, p.train.images)
+            _save_arrays(folder / "poison-meta.npz", mask=p.poison_mask, poison_target=p.poison_target,
                          boxes=p.boxes, **{f"trigger_{t}": trig for t, trig in p.triggers.items()})
-            self.cache.mark_done("poison", key, {"cell": cell.label, "poisons": int(p.poison_mask.sum())})
-            return p
+            self.cache.mark_done("poison", key, {"cell": cell.label, "poisons": int(p.poison_mask.sum()),
+                                                 "changed_rows": len(changed)})
+            del p  # the attack's full copy: what is returned maps the clean set
+            return load()
 
         return self.cache.run("poison", key, load, compute), key
 
@@ -259,17 +270,21 @@ class Pipeline:
         attack = self.attack(attack_name)
         key = stable_hash("patched", self.dataset_key, attack_name, attack.config, target, seed,
                           *self.attack_inputs(attack_name))
-        path = self.cache.dir("patched", key) / "patched.npz"
+        folder = self.cache.dir("patched", key)
 
         def load() -> PatchedSet:
-            with np.load(path) as d:
-                return PatchedSet(d["images"], d["labels"], d["boxes"])
+            if (folder / "patched.npz").is_file():  # cached before the memory-mapped store (issue #15)
+                with np.load(folder / "patched.npz") as d:
+                    return PatchedSet(d["images"], d["labels"], d["boxes"])
+            with np.load(folder / "patched-meta.npz") as d:
+                return PatchedSet(open_array(folder / "images.npy"), d["labels"], d["boxes"])
 
         def compute() -> PatchedSet:
             patched = attack.patch_val(self.splits().val, target, seed)
-            _save_arrays(path, images=patched.images, labels=patched.labels, boxes=patched.boxes)
+            save_array(folder / "images.npy", patched.images)
+            _save_arrays(folder / "patched-meta.npz", labels=patched.labels, boxes=patched.boxes)
             self.cache.mark_done("patched", key, {"attack": attack_name, "target": target})
-            return patched
+            return load()
 
         return self.cache.run("patched", key, load, compute)
 
@@ -488,7 +503,7 @@ class Pipeline:
 
     def mitigate(self, defense: Defense, encoder: Encoder, verdict: Verdict, seed: int) -> Encoder:
         """The model defense's repaired encoder (cached), or ``encoder`` itself when it repairs nothing."""
-        key = stable_hash("mitigate", defense.name, defense.config, encoder.key, self.dataset_key, seed)
+        key = self.mitigate_key(defense, encoder.key, seed)
         workdir = self.cache.dir("mitigate", key)
         weights = workdir / "encoder.safetensors"
 
@@ -509,3 +524,6 @@ class Pipeline:
             return load()
 
         return self.cache.run("mitigate", key, load, compute)
+
+    def mitigate_key(self, defense: Defense, encoder_key: str, seed: int) -> str:
+        return stable_hash("mitigate", defense.name, defense.config, encoder_key, self.dataset_key, seed)

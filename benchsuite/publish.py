@@ -18,6 +18,7 @@ from filelock import FileLock
 
 from benchsuite.cache import stable_hash
 from benchsuite.checkpoint import atomic_write
+from benchsuite.cost import COST_COLUMNS
 from benchsuite.errors import BenchError
 from benchsuite.results import load_results
 
@@ -25,12 +26,13 @@ PROVENANCE = ["suite_version", "git_commit", "config_hash", "preset", "ssl", "ba
               "torch_version", "date"]
 IDENTITY = ["dataset", "attack", "targets", "target", "rate", "seed", "defense", "metric_set"]
 METRIC_SETS = {
-    "probe": ["clean_acc", "clean_fp", "clean_asr", "patched_acc", "patched_fp", "patched_asr", "n_train", "n_poison",
-              "probe", "label_fraction"],
+    "probe": ["clean_acc", "clean_fp", "clean_asr", "patched_acc", "patched_fp", "patched_asr", "patched_confusion",
+              "n_train", "n_poison", "probe", "label_fraction"],
     "detection": ["removed", "recall", "control_flag_rate", "precision", "top5_acc", "top10_acc", "top20_acc",
                   "top50_acc", "top100_acc", "top500_acc", "top20_window_acc", "top50_window_acc", "top100_window_acc",
                   "iou", "catch_rate", "iou_all", "catch_rate_all"],
     "encoder_verdict": ["trojaned", "anomaly_index", "flagged", "clean_trojaned", "clean_anomaly_index"],
+    "cost": COST_COLUMNS,
 }
 COLUMNS = PROVENANCE + IDENTITY + [m for metrics in METRIC_SETS.values() for m in metrics]
 KEY = ["config_hash", *IDENTITY]

@@ -74,6 +74,35 @@ def asr_summary(results: pd.DataFrame, path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
+COST_BARS = [("cost_defense_s", "defense's own stages"), ("cost_pretrain_s", "pretraining of the evaluated encoder")]
+
+
+def cost_summary(results: pd.DataFrame, path: Path) -> Path | None:
+    """Bar chart of the wall time per defense: its own stages and the pretraining of the encoder it gives
+    (mean over cells, std over seeds); None when the results hold no cost (a run from before costs were kept)."""
+    bars = [(m, label) for m, label in COST_BARS if m in results and results[m].notna().any()]
+    if not bars:
+        return None
+    order = [d for d in dict.fromkeys(results["defense"]) if d != REFERENCE_DEFENSE]
+    order += [REFERENCE_DEFENSE] if REFERENCE_DEFENSE in set(results["defense"]) else []
+    fig = Figure(figsize=(2.0 + 1.2 * len(order), 3.4), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / len(bars)
+    for i, (metric, label) in enumerate(bars):
+        per_seed = results.groupby(["defense", "seed"])[metric].mean().groupby("defense")
+        means, stds = per_seed.mean().reindex(order), per_seed.std(ddof=0).reindex(order).fillna(0)
+        ax.bar([j + i * width for j in range(len(order))], means.fillna(0).values, width, yerr=stds.values,
+               label=label, capsize=3)
+    ax.set_xticks([j + width * (len(bars) - 1) / 2 for j in range(len(order))],
+                  [display_name(d) for d in order], rotation=15)
+    ax.set_ylabel("wall time (s)")
+    devices = sorted({part for v in results.get("cost_device", pd.Series(dtype=str)).dropna()
+                      for part in str(v).split("+")})
+    ax.set_title(f"device: {', '.join(devices) or 'unknown'}", fontsize="small")
+    ax.legend(fontsize="small")
+    return save_figure(fig, path)
+
+
 def _tables(results: pd.DataFrame) -> str:
     parts = []
     for title, layout in LAYOUTS.values():
@@ -154,6 +183,7 @@ def write_report(run_dir: Path, output: Path | None = None) -> Path:
     if output.is_dir():
         raise BenchError(f"--output {output} is a folder: name the HTML file, e.g. {output / 'report.html'}")
     summary = asr_summary(results, run_dir / "asr_summary.png")
+    costs = cost_summary(results, run_dir / "cost_summary.png")
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>benchsuite report: {html.escape(run_dir.name)}</title>
 <style>{STYLE}</style></head><body>
@@ -164,6 +194,10 @@ def write_report(run_dir: Path, output: Path | None = None) -> Path:
 <h2>Attack success at a glance</h2>
 {f"<figure>{_img(summary)}<figcaption>mean over cells; error bars: std over seeds</figcaption></figure>"
  if summary else ""}
+{f"<h2>Cost per defense</h2><figure>{_img(costs)}<figcaption>wall time of the defense's own stages (filter "
+ "search + poison classifier, model-defense inspection + mitigation, training-time defense: its pretraining) "
+ "and of pretraining the encoder each row evaluates; mean over cells, error bars: std over seeds; details in "
+ "the Cost table</figcaption></figure>" if costs else ""}
 <h2>Tables</h2>
 {_tables(results)}
 {_curve(run_dir)}

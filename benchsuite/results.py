@@ -8,6 +8,7 @@ import pandas as pd
 
 from benchsuite import distributed
 from benchsuite.checkpoint import atomic_write
+from benchsuite.cost import COST_COLUMNS
 from benchsuite.errors import BenchError
 
 RESULTS_FILE = "results.csv"
@@ -20,7 +21,7 @@ COLUMNS = [
     "top5_acc", "top10_acc", "top20_acc", "top50_acc", "top100_acc", "top500_acc",
     "top20_window_acc", "top50_window_acc", "top100_window_acc", "iou", "catch_rate", "iou_all", "catch_rate_all",
     "trojaned", "anomaly_index", "flagged", "clean_trojaned", "clean_anomaly_index", "figures",
-    "ssl", "backbone", "epochs", "probe", "label_fraction", "encoder_key",
+    "ssl", "backbone", "epochs", "probe", "label_fraction", "encoder_key", *COST_COLUMNS,
 ]
 
 # what every table reads; older files may lack the rest (they read as empty)

@@ -9,6 +9,8 @@
 - ``detection``: per target and filter defense: removal, recall, the pasting control's flag rate, precision,
   top-20 accuracy (PatchSearch's and PoisonCAM's), IoU and CR (over the top-20's poisons and over all 20).
 - ``sslcleanse``: per setting the encoders judged, TP, FP and DACC (SSL-Cleanse slides).
+- ``cost``: per setting and defense, the wall / CPU time of the defense's own stages, ms per image and
+  encoder forwards (filters), the pretraining time of the evaluated encoder, peak memory, device.
 
 With several seeds every cell reads ``mean ± std`` over seeds (targets are averaged first).
 """
@@ -39,13 +41,13 @@ def display_name(defense: str) -> str:
     return " + ".join(DISPLAY_NAMES.get(part, part) for part in defense.split("+"))
 
 
-def _fmt(values: pd.Series) -> str:
+def _fmt(values: pd.Series, digits: int = 1) -> str:
     values = values.dropna()
     if values.empty:
         return "-"
     if len(values) == 1:
-        return f"{values.iloc[0]:.1f}"
-    return f"{values.mean():.1f} ± {values.std(ddof=0):.1f}"
+        return f"{values.iloc[0]:.{digits}f}"
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=0):.{digits}f}"
 
 
 def _defense_order(results: pd.DataFrame) -> list[str]:
@@ -79,11 +81,11 @@ def _setting_cells(dataset: str, attack: str, rate: float) -> dict[tuple[str, st
     return {("", "Dataset"): dataset, ("", "Attack"): attack, ("", "Rate"): f"{100 * rate:g}%"}
 
 
-def _over_seeds(rows: pd.DataFrame, metric: str) -> str:
+def _over_seeds(rows: pd.DataFrame, metric: str, digits: int = 1) -> str:
     """``mean ± std`` over seeds of the per-seed mean over targets."""
     if metric not in rows or rows.empty:
         return "-"
-    return _fmt(rows.groupby("seed")[metric].mean())
+    return _fmt(rows.groupby("seed")[metric].mean(), digits)
 
 
 def poisoncam_t2_frame(results: pd.DataFrame) -> pd.DataFrame | None:
@@ -163,6 +165,31 @@ def dacc_frame(results: pd.DataFrame) -> pd.DataFrame | None:
     return _frame(records)
 
 
+# (column, title, digits) of the ``cost`` layout; README "Results columns" says what each covers
+COST_METRICS = [("cost_defense_s", "Defense (s)", 1), ("cost_cpu_s", "Defense CPU (s)", 1),
+                ("cost_ms_per_image", "ms / image", 2), ("cost_forward_images", "Encoder forwards", 0),
+                ("cost_pretrain_s", "Pretraining (s)", 1), ("cost_peak_rss_mb", "Peak RSS (MB)", 0),
+                ("cost_peak_cuda_mb", "Peak CUDA (MB)", 0)]
+
+
+def cost_frame(results: pd.DataFrame) -> pd.DataFrame | None:
+    """Per setting and defense: what the defense's stages and the encoder's pretraining cost (mean ± std over
+    seeds); None for results without cost columns (a run from before they were recorded)."""
+    present = [m for m, _, _ in COST_METRICS if m in results and results[m].notna().any()]
+    if not present:
+        return None
+    records = []
+    for (dataset, attack, rate), block in results.groupby(SETTING, sort=False):
+        for d in _defense_order(block):
+            rows = block[block["defense"] == d]
+            devices = sorted({part for v in rows.get("cost_device", pd.Series(dtype=str)).dropna()
+                              for part in str(v).split("+")})
+            records.append({**_setting_cells(dataset, attack, rate), ("", "Defense"): display_name(d),
+                            **{("", title): _over_seeds(rows, m, digits) for m, title, digits in COST_METRICS},
+                            ("", "Device"): ", ".join(devices) or "-"})
+    return _frame(records)
+
+
 def _frame(records: list[dict]) -> pd.DataFrame:
     frame = pd.DataFrame(records)
     frame.columns = pd.MultiIndex.from_tuples(frame.columns)
@@ -178,6 +205,8 @@ LAYOUTS: dict[str, tuple[str, Layout]] = {
     "detection": ("Detection per target: removal, pasting control (% of clean images with a pasted foreign square "
                   "flagged), ranking (PS: PatchSearch's top-k Acc, PC: PoisonCAM's) and located windows", table2_frame),
     "sslcleanse": ("SSL-Cleanse: encoder-level detection accuracy", dacc_frame),
+    "cost": ("Cost: wall / CPU time of each defense's own stages, per image and encoder forwards (filters), "
+             "pretraining of the evaluated encoder, peak memory", cost_frame),
 }
 DEFAULT_LAYOUTS = ("poisoncam-t1", "detection", "sslcleanse")  # what `bench run` prints
 

@@ -45,9 +45,12 @@ def test_doctor_prints_the_environment_and_a_projection(tmp_path, capsys):
     assert "stage cache: about" in out and "training set is held in RAM" in out
 
 
-def test_doctor_refuses_a_nonpositive_budget(capsys):
+def test_doctor_refuses_bad_input_before_measuring(capsys):
     assert main(["doctor", "--seconds", "0"]) == 2
     assert "error: --seconds 0.0 must be > 0" in capsys.readouterr().err
+    assert main(["doctor", "--defense", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "error: unknown defense 'nope'" in err and "measuring" not in err
 
 
 def test_projection_follows_the_code_counts():

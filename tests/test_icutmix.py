@@ -219,6 +219,9 @@ def test_patchsearch_then_icutmix_filters_then_retrains_the_kept_images(tmp_path
     assert ("pretrain", 240, "ICutMixMethod") in trace  # i-CutMix alone: the whole poisoned set
     assert _retrained_after_detection(trace, composed["n_train"])
     assert len({results.loc[d, "encoder_key"] for d in results.index}) == 3
+    # a training-time defense costs its pretraining; the composed one its detection, then its retraining
+    assert results.loc["icutmix", "cost_defense_s"] == results.loc["icutmix", "cost_pretrain_s"] > 0
+    assert composed["cost_forward_images"] > 0 and composed["cost_pretrain_s"] > 0
 
 
 @dataclass(frozen=True)

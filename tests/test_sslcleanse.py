@@ -262,6 +262,8 @@ def test_cli_prints_the_dacc_table(tmp_path, tiny_args, capsys):
     row = results.loc["sslcleanse"]
     assert row["anomaly_index"] >= 0 and row["clean_anomaly_index"] >= 0
     assert row["encoder_key"] != results.loc["none", "encoder_key"]  # the mitigated encoder was evaluated
+    # cost: inspection + mitigation, no encoder forwards counted (those are the filters' search)
+    assert row["cost_defense_s"] > 0 and pd.isna(row["cost_forward_images"]) and pd.isna(row["cost_pretrain_s"])
     assert (run_dir / row["figures"].split(";")[0]).is_file()
 
 

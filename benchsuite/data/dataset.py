@@ -29,6 +29,9 @@ def check_labels(labels: np.ndarray, where: str = "the dataset") -> np.ndarray:
 class ImageDataset:
     """Images as an (N, H, W, 3) uint8 array, integer labels and the class names.
 
+    Loaded from the stage cache, ``images`` is a copy-on-write ``np.memmap`` (:mod:`benchsuite.data.store`):
+    index it by batch (``np.array(images)`` would copy all of it into memory).
+
     ``native_geometry`` (loaders that resize, e.g. imagefolder): (N, 6) float, per image the source
     ``width, height, sx, sy, left, top``; a source pixel edge x lands at ``x * sx - left`` in the
     stored image (y: ``y * sy - top``). Attacks paste in the source space with it (``paste_space``).

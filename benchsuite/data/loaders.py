@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -9,6 +12,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from benchsuite.data.dataset import ImageDataset, Splits, check_labels
+from benchsuite.data.store import decode_into, extract_npz_member, open_partial
 from benchsuite.data.synthetic import make_synthetic
 from benchsuite.errors import BenchError
 from benchsuite.hookspecs import hookimpl
@@ -33,13 +37,17 @@ def _center_square(x: np.ndarray) -> np.ndarray:
     return x[:, top:top + s, left:left + s]
 
 
-def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_npz(path: Path, workdir: Path | None = None, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """x and y of an .npz; with ``workdir``, x is extracted there in a stream and memory-mapped."""
     try:
         with np.load(path, allow_pickle=False) as d:
             if "x" not in d or "y" not in d:
                 raise BenchError(f"{path} lacks arrays 'x' and 'y' (has {', '.join(d.files)}): "
                                  "save images as x (N,H,W,3 uint8) and labels as y")
-            return d["x"], d["y"]
+            if workdir is None:
+                return d["x"], d["y"]
+            labels = d["y"]
+        return extract_npz_member(path, "x", workdir / f"{split}.npy"), labels
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
         raise BenchError(f"{path} is not a readable .npz file ({err}): re-create it with np.savez") from err
 
@@ -53,10 +61,11 @@ def _npz_file(root: Path, split: str) -> Path:
 
 
 def load_npz(path: str | None = None, limit_train_per_class: int | None = None,
-             limit_val_per_class: int | None = None) -> Splits:
+             limit_val_per_class: int | None = None, workdir: str | None = None) -> Splits:
     """A directory holding ``*train*.npz`` and ``*test*.npz`` (or ``*val*``), each with x and y.
 
-    Class names come from ``classes.txt`` beside them (one per line) when present.
+    Class names come from ``classes.txt`` beside them (one per line) when present. ``workdir``: extract the
+    images there as memory-mapped ``.npy`` files (the pipeline passes its stage folder) instead of into memory.
     """
     if not path:
         raise BenchError("the npz dataset needs a path: --data-path DIR (with *_train.npz, *_test.npz)")
@@ -66,7 +75,7 @@ def load_npz(path: str | None = None, limit_train_per_class: int | None = None,
     parts = {}
     for split in ("train", "val"):
         file = _npz_file(root, split)
-        x, y = _read_npz(file)
+        x, y = _read_npz(file, Path(workdir) if workdir else None, split)
         if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != np.uint8:
             raise BenchError(f"x in {root} must be (N,H,W,3) uint8, got {x.dtype} {x.shape}: convert it")
         if len(x) == 0:
@@ -97,21 +106,57 @@ def _read_image(path: Path, size: int, resize: int) -> tuple[np.ndarray, tuple[f
         raise BenchError(f"cannot read image {path} ({err}): delete or replace the file") from err
 
 
-def _image_folder(root: Path, size: int, classes: list[str] | None, resize: int | None = None) -> ImageDataset:
+DECODE_CHUNK = 256  # images per decoding job: the resume and progress granularity
+
+
+def worker_count(workers: int | None = None) -> int:
+    """Processes that decode images: ``workers``, else ``$BENCH_DECODE_WORKERS``, else every CPU."""
+    if workers is None:
+        env = os.environ.get("BENCH_DECODE_WORKERS", "")
+        if env and not env.isdigit():
+            raise BenchError(f"BENCH_DECODE_WORKERS={env!r} is not a number: set it to a process count, e.g. 8")
+        workers = int(env) if env else (os.cpu_count() or 1)
+    if workers < 1:
+        raise BenchError(f"decode_workers {workers} must be at least 1: pass a process count")
+    return workers
+
+
+def _decode_chunk(folder: Path, index: int, start: int, payload: tuple[str, list[str], int, int]) -> None:
+    """Decode one chunk of files into rows ``start...`` of the partial maps (a spawn pool worker)."""
+    name, files, size, resize = payload
+    images, geometry = open_partial(folder, name), open_partial(folder, f"{name}_geometry")
+    for k, file in enumerate(files):
+        images[start + k], geometry[start + k] = _read_image(Path(file), size, resize)
+    images.flush()
+    geometry.flush()
+
+
+def _image_folder(root: Path, size: int, classes: list[str] | None, resize: int | None = None,
+                  workdir: Path | None = None, workers: int = 1) -> ImageDataset:
+    """Decode ``root/<class>/*`` into ``workdir/<root name>.npy`` (a temporary folder when None, then read
+    into memory) with ``workers`` processes, resuming a decode a kill interrupted."""
     found = sorted(d.name for d in root.iterdir() if d.is_dir())
     classes = classes or found
-    images, labels, geometry = [], [], []
+    files, labels = [], []
     for label, name in enumerate(classes):
         folder = root / name
-        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
-        for file in files:
-            image, row = _read_image(file, size, resize or size)
-            images.append(image)
-            geometry.append(row)
-        labels += [label] * len(files)
-    if not images:
+        listed = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+        files += [str(p) for p in listed]
+        labels += [label] * len(listed)
+    if not files:
         raise BenchError(f"no images found under {root}: expected {root}/<class>/<image>.png")
-    return ImageDataset(np.stack(images), np.asarray(labels), list(classes), np.asarray(geometry))
+    if workdir is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            data = _image_folder(root, size, classes, resize, Path(tmp), workers)
+            return ImageDataset(np.array(data.images), data.labels, data.classes, np.array(data.native_geometry))
+    name, resize = root.name, resize or size
+    chunks = [(start, (name, files[start:start + DECODE_CHUNK], size, resize))
+              for start in range(0, len(files), DECODE_CHUNK)]
+    fingerprint = hashlib.blake2b("\0".join(files).encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
+    arrays = decode_into(workdir, name, len(files), (size, size, 3), np.uint8, _decode_chunk, chunks,
+                         extra={f"{name}_geometry": ((6,), "float64")}, workers=workers,
+                         label=f"decoding {root.parent.name}/{name}", fingerprint=f"{fingerprint} {size} {resize}")
+    return ImageDataset(arrays[name], np.asarray(labels), list(classes), arrays[f"{name}_geometry"])
 
 
 def read_class_list(path: str) -> list[str]:
@@ -128,13 +173,16 @@ def read_class_list(path: str) -> list[str]:
 
 def load_imagefolder(path: str | None = None, image_size: int = 64, limit_train_per_class: int | None = None,
                      limit_val_per_class: int | None = None, class_list: str | None = None,
-                     val_resize: int | None = None) -> Splits:
+                     val_resize: int | None = None, workdir: str | None = None,
+                     decode_workers: int | None = None) -> Splits:
     """``path/train/<class>/*`` and ``path/val/<class>/*``, resized (shorter side) and centre-cropped.
 
     ``class_list`` names the classes to use (ImageNet-100 out of a full ImageNet folder); default: every folder.
     ``val_resize``: the validation images' shorter side before the ``image_size`` centre crop (default
     ``image_size``; the papers' Resize(256) + CenterCrop(224) is 256). Both splits record their
     native geometry, with which HTBA's ``paste_space = "native"`` pastes before the resize.
+    ``workdir``: decode into memory-mapped ``.npy`` files there, resumable (the pipeline passes its stage
+    folder); ``decode_workers``: decoding processes (default ``$BENCH_DECODE_WORKERS``, else every CPU).
     """
     if not path:
         raise BenchError("the imagefolder dataset needs a path: --data-path DIR (with train/ and val/)")
@@ -151,8 +199,9 @@ def load_imagefolder(path: str | None = None, image_size: int = 64, limit_train_
         if missing:
             raise BenchError(f"{len(missing)} class(es) of {class_list} have no folder in {root / 'train'} "
                              f"(first: {missing[0]}): check the class list and --data-path")
-    train = _image_folder(root / "train", image_size, classes)
-    val = _image_folder(val_dir, image_size, train.classes, val_resize)
+    workers, folder = worker_count(decode_workers), Path(workdir) if workdir else None
+    train = _image_folder(root / "train", image_size, classes, None, folder, workers)
+    val = _image_folder(val_dir, image_size, train.classes, val_resize, folder, workers)
     return Splits(limit_per_class(train, limit_train_per_class), limit_per_class(val, limit_val_per_class))
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from benchsuite.cost import count_forwards
 from benchsuite.ssl.augment import AugmentConfig, normalize, to_float
 
 
@@ -37,7 +38,12 @@ class EncoderRunner:
         return to_float(torch.from_numpy(np.ascontiguousarray(images)).to(self.device))
 
     def prepare(self, x01: torch.Tensor) -> torch.Tensor:
-        """Normalise a [0, 1] batch for the encoder (channels_last on CUDA)."""
+        """Normalise a [0, 1] batch for the encoder (channels_last on CUDA).
+
+        Every batch the search passes through the encoder comes through here (plain embeddings, masked
+        copies, flip-test pastes, Grad-CAM), so this is where the stage's encoder forwards are counted.
+        """
+        count_forwards(len(x01))
         x = normalize(x01, self.norm)
         return x.contiguous(memory_format=torch.channels_last) if self.cuda else x
 

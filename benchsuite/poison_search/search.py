@@ -9,6 +9,7 @@ from typing import Literal
 import numpy as np
 
 from benchsuite.clustering import Clusters, l2_normalize
+from benchsuite.console import progress_bar
 from benchsuite.errors import BenchError
 from benchsuite.poison_search.defaults import CLUSTER_SCORES, COMPAT_MODES, Compat
 from benchsuite.poison_search.encoding import EncoderRunner
@@ -125,6 +126,18 @@ def survivors(candidates: int, cfg: SearchConfig) -> int:
     return candidates - max(drop, 1)
 
 
+def planned_iterations(candidates: int, cfg: SearchConfig) -> int:
+    """How many iterations the search runs from ``candidates`` clusters if no queue runs dry (for progress)."""
+    count = 0
+    while candidates > 0:
+        remaining = survivors(candidates, cfg)
+        count += 1
+        if remaining >= candidates:  # a rule that prunes nothing: the search stops on dry queues
+            break
+        candidates = remaining
+    return count
+
+
 def mean_centre_targets(features: np.ndarray, clusters: Clusters) -> tuple[Clusters, np.ndarray]:
     """PatchSearch code's Grad-CAM head and targets: ``clusters`` with the cluster means of the
     L2-normalised features as centres (the index is kept), and each image's argmax cosine to them."""
@@ -171,23 +184,26 @@ def iterative_search(runner: EncoderRunner, images: np.ndarray, clusters: Cluste
     windows = np.full((len(images), 4), -1, dtype=np.int64)
     current = np.zeros(len(images), dtype=bool)
     iterations = 0
-    while candidates:
-        batch = []
-        for c in candidates:
-            batch.extend(queues[c][taken[c]:taken[c] + cfg.samples_per_iteration])
-            taken[c] = min(len(queues[c]), taken[c] + cfg.samples_per_iteration)
-        if not batch:
-            break
-        idx = np.asarray(batch, dtype=np.int64)
-        located = locator.locate(runner, images[idx], head, targets[idx], window)
-        scores[idx] = flip.score(crop_windows(images[idx], located.windows), clusters.assignments[idx])
-        windows[idx] = located.windows
-        if on_located is not None:
-            on_located(idx, located, scores[idx])
-        current[:] = False
-        current[idx] = True
-        iterations += 1
-        ranked = cluster_scores(scores, members, candidates, cfg.cluster_score, current, unscored_as_zero=code)
-        order = np.argsort(-ranked, kind="stable")
-        candidates = [candidates[i] for i in order[: survivors(len(candidates), cfg)]]
+    label = f"{getattr(locator, 'name', 'filter')} search iterations"
+    with progress_bar(label, total=planned_iterations(len(candidates), cfg)) as advance:
+        while candidates:
+            batch = []
+            for c in candidates:
+                batch.extend(queues[c][taken[c]:taken[c] + cfg.samples_per_iteration])
+                taken[c] = min(len(queues[c]), taken[c] + cfg.samples_per_iteration)
+            if not batch:
+                break
+            idx = np.asarray(batch, dtype=np.int64)
+            located = locator.locate(runner, images[idx], head, targets[idx], window)
+            scores[idx] = flip.score(crop_windows(images[idx], located.windows), clusters.assignments[idx])
+            windows[idx] = located.windows
+            if on_located is not None:
+                on_located(idx, located, scores[idx])
+            current[:] = False
+            current[idx] = True
+            iterations += 1
+            ranked = cluster_scores(scores, members, candidates, cfg.cluster_score, current, unscored_as_zero=code)
+            order = np.argsort(-ranked, kind="stable")
+            candidates = [candidates[i] for i in order[: survivors(len(candidates), cfg)]]
+            advance(1, info=f"{len(candidates)} clusters left")
     return SearchResult(scores, windows, window, iterations, flip_indices, 0.0 if code else -np.inf)

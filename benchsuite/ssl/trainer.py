@@ -12,6 +12,7 @@ micro-batch's statistics, so the result is not that of the full batch (more step
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,8 +119,8 @@ def pretrain(method: SSLMethod, images: np.ndarray, cfg: TrainConfig, seed: int,
     method.to(device)
     if device.type == "cuda":
         method.to(memory_format=torch.channels_last)
-    data = torch.from_numpy(images).to(device)
-    n = len(data)
+    n = len(images)
+    take = _batch_source(images, device)
     if n < 2:
         raise BenchError(f"cannot pretrain on {n} image(s): the dataset is empty after filtering")
     batch, micro = batch_sizes(cfg, n, world)
@@ -149,7 +150,7 @@ def pretrain(method: SSLMethod, images: np.ndarray, cfg: TrainConfig, seed: int,
                     for group in optimizer.param_groups:
                         group["lr"] = lr_at(cfg, step, total, steps_per_epoch)
                     first = i * batch + rank * local
-                    x = to_float(data[order[first:first + local]])
+                    x = to_float(take(order[first:first + local]))
                     v1 = augment(x, cfg.augment, gen, shard)
                     v2 = augment(x, cfg.augment2 or cfg.augment, gen, shard)
                     if device.type == "cuda":
@@ -170,6 +171,18 @@ def pretrain(method: SSLMethod, images: np.ndarray, cfg: TrainConfig, seed: int,
     finally:
         distributed.restore_batchnorm(swapped)
     return method
+
+
+def _batch_source(images: np.ndarray, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``take(indices)``: the uint8 images at ``indices`` on ``device``.
+
+    An in-memory array is moved to the device once; a memory-mapped one (the stage store, maybe larger
+    than RAM or the GPU) is read batch by batch, which gives the same tensors.
+    """
+    if not isinstance(images, np.memmap):
+        data = torch.from_numpy(images).to(device)
+        return lambda idx: data[idx]
+    return lambda idx: torch.from_numpy(np.asarray(images[idx.cpu().numpy()])).to(device)
 
 
 def snapshot_path(workdir: Path, epoch: int) -> Path:
