@@ -11,15 +11,17 @@ import pytest
 from benchsuite.malloc import ENV_THRESHOLDS, OPT_OUT
 
 # allocate, touch and free 64 MiB tensors (above glibc's largest dynamic mmap threshold, 32 MiB);
-# print this process's minor page faults over the loop
+# print this process's minor page faults over the last 30 rounds. The first rounds are left out:
+# while the heap grows, even a tuned process faults a few buffers in (8-10 of 40 on some machines).
 PROBE = """
 import resource, sys
 from benchsuite.malloc import keep_freed_memory
 took = keep_freed_memory() if sys.argv[1] == "tuned" else False
 import torch
 torch.zeros(1)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(40):
+for i in range(40):
+    if i == 10:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     x = torch.empty(16 * 2**20)
     x.fill_(1.0)
     del x
@@ -40,8 +42,8 @@ def test_tuned_process_stops_faulting_in_freed_buffers():
     _, default_faults = _faults("default")
     took, tuned_faults = _faults("tuned")
     assert took == 1
-    assert default_faults > 300_000  # 40 x 16,384 pages: each buffer is faulted in again
-    assert tuned_faults < default_faults / 4  # the same as MALLOC_*_THRESHOLD_ in the environment
+    assert default_faults > 300_000  # 30 x 16,384 pages: each buffer is faulted in again
+    assert tuned_faults < default_faults / 20  # the same as MALLOC_*_THRESHOLD_ in the environment
 
 
 def test_opt_out_keeps_glibc_defaults():
