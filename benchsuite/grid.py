@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from benchsuite import __version__, distributed
-from benchsuite.api import ComposedDefense, Defense, Poisoning
+from benchsuite.api import ComposedDefense, Defense, Poisoning, Verdict
 from benchsuite.cache import stable_hash
 from benchsuite.checkpoint import copy_file, save_json, sweep_temp_files
 from benchsuite.config import RunConfig
@@ -27,11 +27,13 @@ from benchsuite.eval.detection import (
     topk_window_accuracy,
     window_metrics,
 )
+from benchsuite.eval.reversed_trigger import judgement_columns, save_trigger_comparison
 from benchsuite.executors import ExecutorSpec, execute
 from benchsuite.pipeline import Cell, Encoder, Pipeline
 from benchsuite.provenance import collect
 from benchsuite.registry import Registry
 from benchsuite.results import REFERENCE_DEFENSE, save_results
+from benchsuite.sslcleanse.codec import decode_trigger
 from benchsuite.validate import check_config, check_poison_counts
 
 
@@ -255,6 +257,38 @@ class GridRunner:
                                           poisoning.poison_target)
         return np.flatnonzero(~remove), stable_hash(poison_key, "kept", remove), metrics, per_target
 
+    def _judgement(self, defense: Defense, cell: Cell, poisoning: Poisoning, verdict: Verdict,
+                   clean_verdict: Verdict) -> dict[str, Any]:
+        """The evaluator's view of both verdicts (README, "Results columns"): the smallest cluster's class,
+        the reversed trigger against the real one, the detection time; ``clean_*`` for the clean encoder."""
+        labels = self.pipeline.splits().train.labels
+        out: dict[str, Any] = {}
+        for prefix, v in (("", verdict), ("clean_", clean_verdict)):
+            columns = judgement_columns(v.extras, labels, poisoning.triggers, poisoning.boxes, poisoning.poison_target)
+            columns["detect_s"] = v.extras.get("seconds", float("nan"))
+            out.update({prefix + name: value for name, value in columns.items()})
+        return out
+
+    def _trigger_pictures(self, defense: Defense, cell: Cell, poisoning: Poisoning, verdict: Verdict,
+                          clean_verdict: Verdict) -> list[str]:
+        """The true trigger beside each encoder's reversed one, in the cell's figures."""
+        if not distributed.is_main() or not poisoning.triggers:
+            return []
+        target = cell.targets[0]
+        if target not in poisoning.triggers:
+            return []
+        saved = []
+        for which, v in (("poisoned", verdict), ("clean", clean_verdict)):
+            if "trigger" not in v.extras:
+                continue
+            mask, pattern = decode_trigger(v.extras["trigger"])
+            boxes = poisoning.boxes[poisoning.poison_target == target]
+            path = self._cell_folder(cell) / f"{defense.name}_reversed_vs_true_{which}.png"
+            title = f"{cell.label}, {which} encoder: anomaly index {v.anomaly_index:.2f}"
+            save_trigger_comparison(path, mask, pattern, poisoning.triggers[target], boxes, title)
+            saved.append(str(path.relative_to(self.run_dir)))
+        return saved
+
     def _costs(self, defense: list[tuple[str, str]], pretrain: list[tuple[str, str]],
                 filtered_images: int | None = None) -> dict[str, Any]:
         """The ``cost_*`` columns from the recorded costs of the defense's own stages and of the pretraining of
@@ -291,9 +325,14 @@ class GridRunner:
                     note(f"warning: {defense.name} on the {which} encoder of {cell.label}: {warning}")
             extra.update(trojaned=verdict.trojaned, anomaly_index=verdict.anomaly_index, flagged=verdict.flagged,
                          clean_trojaned=clean_verdict.trojaned, clean_anomaly_index=clean_verdict.anomaly_index,
-                         figures=self._link_figures(workdir, cell, defense.name))
+                         **self._judgement(defense, cell, poisoning, verdict, clean_verdict),
+                         figures=";".join(filter(None, [self._link_figures(workdir, cell, defense.name),
+                                                        *self._trigger_pictures(defense, cell, poisoning,
+                                                                                verdict, clean_verdict)])))
             encoder = p.mitigate(defense, threat, verdict, cell.seed)
             mitigated = p.mitigate_key(defense, threat.key, cell.seed)
             costs = self._costs([("inspect", workdir.name), ("mitigate", mitigated)], [])
+            timing = p.cache.stage_cost("mitigate", mitigated)
+            extra["mitigate_s"] = timing.wall_s if timing is not None else float("nan")
         return [{**self._base_row(cell, defense.name, encoder.key), **metrics, **extra, **costs,
                  **per_target.get(metrics["target"], {})} for metrics in p.evaluate(encoder, cell)]

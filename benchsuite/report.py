@@ -36,6 +36,8 @@ CAPTIONS = {"patches": "retrieved candidate trigger patches (top-k)", "attention
             "retrieval": "IoU / catch rate of the top-k located windows (solid: all top-k, a non-poison as 0, as "
                          "PoisonCAM Figure 4; dashed: the top-k's poisons only)",
             "pr": "precision-recall of the ranking", "swk": "SWK: smoothed silhouette over K",
+            "reversed_vs_true": "the real trigger at its mean position beside the encoder's reversed one "
+                                "(m * delta on grey) and its mask > 0.5 (red box: the real trigger)",
             "trigger": "reversed trigger"}
 
 

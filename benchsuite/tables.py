@@ -9,6 +9,9 @@
 - ``detection``: per target and filter defense: removal, recall, the pasting control's flag rate, precision,
   top-20 accuracy (PatchSearch's and PoisonCAM's), IoU and CR (over the top-20's poisons and over all 20).
 - ``sslcleanse``: per setting the encoders judged, TP, FP and DACC (SSL-Cleanse slides).
+- ``sslcleanse-encoders``: one row per judged encoder (each cell's poisoned one, each seed's clean one):
+  K, anomaly index, verdict, the smallest-norm cluster's majority class, the reversed trigger's IoU and
+  colour agreement with the real one, detection and mitigation time.
 - ``cost``: per setting and defense, the wall / CPU time of the defense's own stages, ms per image and
   encoder forwards (filters), the pretraining time of the evaluated encoder, peak memory, device.
 
@@ -165,6 +168,53 @@ def dacc_frame(results: pd.DataFrame) -> pd.DataFrame | None:
     return _frame(records)
 
 
+def _cell(row: pd.Series, column: str, digits: int = 2) -> str:
+    value = row.get(column)
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _flag(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and pd.isna(value)) else ("yes" if bool(value) else "no")
+
+
+def _encoder_record(row: pd.Series, prefix: str, which: str) -> dict[tuple[str, str], str]:
+    """One judged encoder's cells; ``prefix`` "" for the poisoned encoder, "clean_" for the clean one."""
+    label = row.get(prefix + "flagged_label")
+    share = row.get(prefix + "flagged_label_share")
+    trojaned = row.get("trojaned" if not prefix else "clean_trojaned")
+    cls = "-" if label is None or pd.isna(label) else f"{int(label)} ({100 * share:.0f}%)"
+    return {("", "Dataset"): str(row["dataset"]), ("", "Attack"): str(row["attack"]),
+            ("", "Target"): str(row.get("targets", row["target"])), ("", "Seed"): str(row["seed"]),
+            ("", "Encoder"): which, ("", "K"): _cell(row, prefix + "k", 0),
+            ("", "Anomaly index"): _cell(row, "anomaly_index" if not prefix else "clean_anomaly_index"),
+            ("", "Verdict"): "-" if trojaned is None or pd.isna(trojaned) else
+            ("trojaned" if bool(trojaned) else "benign"),
+            ("Smallest cluster", "norm / median"): f"{_cell(row, prefix + 'min_norm', 3)} / "
+                                                    f"{_cell(row, prefix + 'median_norm', 3)}",
+            ("Smallest cluster", "class (share)"): cls,
+            ("Smallest cluster", "attacked?"): _flag(row.get(prefix + "flagged_is_target")),
+            ("Reversed trigger", "IoU"): _cell(row, prefix + "trigger_iou"),
+            ("Reversed trigger", "IoU best"): _cell(row, prefix + "trigger_iou_best"),
+            ("Reversed trigger", "colour r"): _cell(row, prefix + "trigger_colour_corr"),
+            ("Time (s)", "detect"): _cell(row, prefix + "detect_s", 0),
+            ("Time (s)", "mitigate"): _cell(row, "mitigate_s", 0) if not prefix else "-"}
+
+
+def encoders_frame(results: pd.DataFrame) -> pd.DataFrame | None:
+    """SSL-Cleanse per encoder: each cell's poisoned encoder, then each seed's clean encoder once."""
+    if "anomaly_index" not in results or results["anomaly_index"].isna().all():
+        return None
+    judged = results[results["anomaly_index"].notna()]
+    records = []
+    for _, row in judged.drop_duplicates(["dataset", "attack", "targets", "rate", "seed", "defense"]).iterrows():
+        records.append(_encoder_record(row, "", "poisoned"))
+    for _, row in judged.drop_duplicates(["dataset", "seed", "defense"]).iterrows():
+        records.append({**_encoder_record(row, "clean_", "clean"), ("", "Attack"): "-", ("", "Target"): "-"})
+    return _frame(records)
+
+
 # (column, title, digits) of the ``cost`` layout; README "Results columns" says what each covers
 COST_METRICS = [("cost_defense_s", "Defense (s)", 1), ("cost_cpu_s", "Defense CPU (s)", 1),
                 ("cost_ms_per_image", "ms / image", 2), ("cost_forward_images", "Encoder forwards", 0),
@@ -205,10 +255,13 @@ LAYOUTS: dict[str, tuple[str, Layout]] = {
     "detection": ("Detection per target: removal, pasting control (% of clean images with a pasted foreign square "
                   "flagged), ranking (PS: PatchSearch's top-k Acc, PC: PoisonCAM's) and located windows", table2_frame),
     "sslcleanse": ("SSL-Cleanse: encoder-level detection accuracy", dacc_frame),
+    "sslcleanse-encoders": ("SSL-Cleanse per encoder: the smallest-norm cluster's class (majority of its sampled "
+                            "images) and the reversed trigger against the real one (mask > 0.5; IoU at the "
+                            "trigger's mean position and at the best position)", encoders_frame),
     "cost": ("Cost: wall / CPU time of each defense's own stages, per image and encoder forwards (filters), "
              "pretraining of the evaluated encoder, peak memory", cost_frame),
 }
-DEFAULT_LAYOUTS = ("poisoncam-t1", "detection", "sslcleanse")  # what `bench run` prints
+DEFAULT_LAYOUTS = ("poisoncam-t1", "detection", "sslcleanse", "sslcleanse-encoders")  # what `bench run` prints
 
 
 def grouped_frame(results: pd.DataFrame, defenses: list[str], metrics: list[tuple[str, str]]) -> pd.DataFrame:

@@ -265,6 +265,15 @@ def test_cli_prints_the_dacc_table(tmp_path, tiny_args, capsys):
     # cost: inspection + mitigation, no encoder forwards counted (those are the filters' search)
     assert row["cost_defense_s"] > 0 and pd.isna(row["cost_forward_images"]) and pd.isna(row["cost_pretrain_s"])
     assert (run_dir / row["figures"].split(";")[0]).is_file()
+    # the evaluator's view: the smallest cluster's class, the reversed trigger against the real one, the times
+    for prefix in ("", "clean_"):
+        assert 0 <= row[prefix + "flagged_label"] < 10 and 0 < row[prefix + "flagged_label_share"] <= 1
+        assert 0 <= row[prefix + "trigger_iou"] <= row[prefix + "trigger_iou_best"] <= 1
+        assert row[prefix + "detect_s"] > 0
+    assert row["mitigate_s"] > 0
+    assert {"sslcleanse_reversed_vs_true_poisoned.png", "sslcleanse_reversed_vs_true_clean.png"} <= {
+        Path(f).name for f in row["figures"].split(";")}
+    assert "SSL-Cleanse per encoder" in out
 
 
 def test_two_clusters_can_never_be_flagged():

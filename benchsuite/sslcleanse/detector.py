@@ -55,7 +55,7 @@ def detect(encoder: nn.Module, images: np.ndarray, features: np.ndarray | None, 
     index = anomaly_index(inv.norms, cfg.mad_consistency, cfg.mad_scale)
     smallest = int(np.argmin(inv.norms))
     trojaned = index > cfg.anomaly_threshold
-    extras = _extras(inv, labels, swk, smallest, len(idx), time.perf_counter() - start)
+    extras = _extras(inv, idx, labels, swk, smallest, time.perf_counter() - start)
     warnings = verdict_warnings(swk, int(labels.max()) + 1)
     if warnings:
         extras["warnings"] = warnings
@@ -76,9 +76,11 @@ def verdict_warnings(swk: SWKResult | None, k: int) -> list[str]:
     return warnings
 
 
-def _extras(inv: Inversion, labels: np.ndarray, swk: SWKResult | None, smallest: int, n: int,
+def _extras(inv: Inversion, idx: np.ndarray, labels: np.ndarray, swk: SWKResult | None, smallest: int,
             seconds: float) -> dict:
-    return {"k": int(labels.max()) + 1, "sampled": n, "cluster_sizes": np.bincount(labels).tolist(),
+    # the sample and its clusters let the evaluator (who knows the labels) name the flagged cluster's class
+    return {"k": int(labels.max()) + 1, "sampled": len(idx), "cluster_sizes": np.bincount(labels).tolist(),
+            "sample": idx.tolist(), "clusters": labels.tolist(),
             "norms": [round(float(v), 6) for v in inv.norms], "asr": [round(float(v), 4) for v in inv.asr],
             "reached": inv.reached.tolist(), "smallest": smallest, "swk": None if swk is None else swk.to_json(),
             "trigger": encode_trigger(inv.masks[smallest], inv.patterns[smallest]), "seconds": round(seconds, 1)}
