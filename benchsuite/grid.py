@@ -55,6 +55,11 @@ def run_id(config: RunConfig) -> str:
     return f"{config.preset}-{config.dataset.name}-{stable_hash(config.to_dict(), length=8)}"
 
 
+# bump when a cell's rows gain columns computed from cached stages: older cell results are then rebuilt
+# (from their cached stages, so cheaply) instead of served without the new columns
+ROWS_VERSION = 2
+
+
 class GridRunner:
     def __init__(self, config: RunConfig, registry: Registry, out: Path) -> None:
         self.config = config
@@ -138,7 +143,8 @@ class GridRunner:
         """The keys a cell's stages derive from: its poisoned set and threat encoder (data, trigger and
         start-checkpoint content included), so a cell result goes stale when any of them changes."""
         poison_key = self.pipeline.poison_key(cell)
-        return {"poison": poison_key, "threat": self.pipeline.pretrain_key(poison_key, cell.seed)}
+        return {"poison": poison_key, "threat": self.pipeline.pretrain_key(poison_key, cell.seed),
+                "rows": str(ROWS_VERSION)}
 
     def save_cell(self, cell: Cell, rows: list[dict[str, Any]]) -> None:
         """Write a cell's rows with the keys of its inputs and of the stages they came from."""

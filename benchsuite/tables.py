@@ -179,6 +179,13 @@ def _flag(value) -> str:
     return "-" if value is None or (isinstance(value, float) and pd.isna(value)) else ("yes" if bool(value) else "no")
 
 
+def _target_cluster(row: pd.Series, prefix: str) -> str:
+    rank = row.get(prefix + "target_cluster_rank")
+    if rank is None or pd.isna(rank) or int(rank) == 0:
+        return "-"
+    return f"{_cell(row, prefix + 'target_cluster_norm', 3)} ({int(rank)})"
+
+
 def _encoder_record(row: pd.Series, prefix: str, which: str) -> dict[tuple[str, str], str]:
     """One judged encoder's cells; ``prefix`` "" for the poisoned encoder, "clean_" for the clean one."""
     label = row.get(prefix + "flagged_label")
@@ -195,6 +202,7 @@ def _encoder_record(row: pd.Series, prefix: str, which: str) -> dict[tuple[str, 
                                                     f"{_cell(row, prefix + 'median_norm', 3)}",
             ("Smallest cluster", "class (share)"): cls,
             ("Smallest cluster", "attacked?"): _flag(row.get(prefix + "flagged_is_target")),
+            ("Attacked class's cluster", "norm (rank)"): _target_cluster(row, prefix),
             ("Reversed trigger", "IoU"): _cell(row, prefix + "trigger_iou"),
             ("Reversed trigger", "IoU best"): _cell(row, prefix + "trigger_iou_best"),
             ("Reversed trigger", "colour r"): _cell(row, prefix + "trigger_colour_corr"),

@@ -66,6 +66,18 @@ def test_second_run_is_served_from_the_cell_files(tmp_path, tiny_args, monkeypat
     assert {stage for stage, _ in served} <= {"dataset"}, served  # the cell itself came from its file
 
 
+def test_cell_rows_of_an_older_row_version_are_rebuilt_from_the_cached_stages(tmp_path, tiny_args, monkeypatch):
+    import benchsuite.grid as grid
+
+    assert main(["run", *tiny_args]) == 0
+    first = pd.read_csv(_run_dir(tmp_path) / "results.csv")
+    monkeypatch.setattr(grid, "ROWS_VERSION", grid.ROWS_VERSION + 1)  # rows gained columns since
+    served = _no_recompute(monkeypatch)
+    assert main(["run", *tiny_args]) == 0
+    pd.testing.assert_frame_equal(first, pd.read_csv(_run_dir(tmp_path) / "results.csv"))
+    assert {"pretrain", "probe"} <= {stage for stage, _ in served}  # rebuilt, from cached stages only
+
+
 def test_second_run_without_cell_files_loads_every_stage(tmp_path, tiny_args, monkeypatch):
     assert main(["run", *tiny_args]) == 0
     run_dir = _run_dir(tmp_path)

@@ -115,10 +115,15 @@ def test_judgement_columns_name_the_cluster_and_score_its_trigger():
                             poison_target)
     assert (out["flagged_label"], out["flagged_is_target"], out["k"]) == (1, True, 3)
     assert out["flagged_label_share"] == 1.0 and out["min_norm"] == 0.01 and out["median_norm"] == 0.2
+    assert (out["target_cluster_norm"], out["target_cluster_rank"]) == (0.01, 1)
     assert out["trigger_iou"] > 0.95  # 8-bit PNG round trip of the mask
     # the same verdict when class 2 was attacked: the cluster is not the target's
-    assert not judgement_columns(extras_for(1, mask, pattern, sample, clusters), labels, {2: trigger}, boxes,
-                                 poison_target * 2)["flagged_is_target"]
+    other = judgement_columns(extras_for(1, mask, pattern, sample, clusters), labels, {3: trigger}, boxes,
+                              poison_target * 3)
+    assert not other["flagged_is_target"]
+    assert (other["target_cluster_norm"], other["target_cluster_rank"]) == (0.3, 3)  # class 3 = cluster 2
+    assert np.isnan(judgement_columns(extras_for(1, mask, pattern, sample, clusters), labels, {2: trigger}, boxes,
+                                      poison_target * 2)["target_cluster_norm"])  # no cluster of class 2
     assert judgement_columns({}, labels, {1: trigger}, boxes, poison_target) == {}  # an old verdict: no columns
 
 
@@ -137,7 +142,8 @@ def test_encoders_frame_lists_each_poisoned_and_each_clean_encoder_once():
                              seed=seed, defense="sslcleanse", anomaly_index=2.5 + target, trojaned=True,
                              clean_anomaly_index=0.7 + seed, clean_trojaned=False, flagged_label=target,
                              flagged_label_share=0.9, flagged_is_target=True, trigger_iou=0.4, k=10,
-                             min_norm=0.01, median_norm=0.1, clean_k=9))
+                             min_norm=0.01, median_norm=0.1, clean_k=9, target_cluster_norm=0.01,
+                             target_cluster_rank=1, clean_target_cluster_norm=0.2, clean_target_cluster_rank=7))
     rows.append(dict(dataset="synthetic", attack="htba", targets="0", target=0, rate=0.5, seed=0, defense="none",
                      anomaly_index=np.nan))
     frame = encoders_frame(pd.DataFrame(rows))
@@ -147,4 +153,5 @@ def test_encoders_frame_lists_each_poisoned_and_each_clean_encoder_once():
     assert frame[("Smallest cluster", "class (share)")].tolist()[:2] == ["0 (90%)", "1 (90%)"]
     assert frame[("", "Verdict")].tolist() == ["trojaned"] * 4 + ["benign"] * 2
     assert frame[("", "K")].tolist() == ["10"] * 4 + ["9"] * 2
+    assert frame[("Attacked class's cluster", "norm (rank)")].tolist() == ["0.010 (1)"] * 4 + ["0.200 (7)"] * 2
     assert encoders_frame(pd.DataFrame(rows[-1:])) is None

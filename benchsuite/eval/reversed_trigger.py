@@ -12,7 +12,8 @@ labels of the defender's sample. From these come the columns of the per-encoder 
   When a mask smaller than the trigger fits several boxes equally well, the best correlation of
   those placements counts (an unrelated pattern then scores slightly above 0).
 - ``flagged_label``: the majority class of the sampled images in the smallest-norm cluster, and
-  ``flagged_is_target`` whether it is the attacked class.
+  ``flagged_is_target`` whether it is the attacked class; ``target_cluster_norm`` / ``_rank`` where the
+  attacked class's own cluster stands among the K mask norms (rank 1 would be judged).
 """
 
 from __future__ import annotations
@@ -107,6 +108,19 @@ def majority_label(members: np.ndarray, labels: np.ndarray) -> tuple[int, float]
     return top, float(counts[top] / counts.sum())
 
 
+def target_cluster_columns(sample: np.ndarray, clusters: np.ndarray, norms: np.ndarray, labels: np.ndarray,
+                           targets: set[int]) -> dict[str, float | int]:
+    """How far the attacked class's cluster is from being flagged: its mask norm and its rank among the K
+    norms (1 = the smallest, the one the MAD test judges). The attacked class's cluster is the smallest-norm
+    cluster whose majority class is attacked; NaN / 0 when no cluster has an attacked majority."""
+    majority = [majority_label(sample[clusters == k], labels)[0] for k in range(len(norms))]
+    attacked = [k for k in range(len(norms)) if majority[k] in targets]
+    if not attacked:
+        return {"target_cluster_norm": float("nan"), "target_cluster_rank": 0}
+    best = min(attacked, key=lambda k: norms[k])
+    return {"target_cluster_norm": float(norms[best]), "target_cluster_rank": int((norms < norms[best]).sum()) + 1}
+
+
 def save_trigger_comparison(path: Path, mask: np.ndarray, pattern: np.ndarray, trigger: np.ndarray,
                             boxes: np.ndarray, title: str) -> Path:
     """The true trigger at its mean position beside the reversed one (m * delta) and the thresholded mask."""
@@ -157,6 +171,8 @@ def judgement_columns(extras: dict, labels: np.ndarray, triggers: dict[int, np.n
         sample, clusters = np.asarray(extras["sample"]), np.asarray(extras["clusters"])
         label, share = majority_label(sample[clusters == extras["smallest"]], labels)
         out.update(flagged_label=label, flagged_label_share=share, flagged_is_target=label in triggers)
+        if "norms" in extras and triggers:
+            out.update(target_cluster_columns(sample, clusters, np.asarray(extras["norms"]), labels, set(triggers)))
     if "trigger" in extras and triggers:
         target = int(out.get("flagged_label", -1))
         target = target if target in triggers else next(iter(triggers))
