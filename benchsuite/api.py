@@ -140,6 +140,11 @@ class Defense:
     def inspect(self, ctx: Any) -> Verdict:
         raise NotImplementedError(f"defense {self.name} ({self.kind}) does not inspect encoders")
 
+    def inspect_options(self) -> Any:
+        """What of the config ``inspect`` reads (its cache key): all of it unless a defense says less, so
+        that changing only the mitigation options reuses the verdicts."""
+        return self.config
+
     def mitigate(self, ctx: Any, verdict: Verdict) -> nn.Module | None:
         """A repaired copy of ``ctx.encoder``, or None to keep the encoder as it is."""
         return None

@@ -16,7 +16,8 @@ from benchsuite.eval.probe import ProbeConfig
 from benchsuite.ssl.trainer import TrainConfig
 from benchsuite.typed import from_dict
 
-PRESETS = ("smoke", "small", "small-cpu", "paper", "paper-mocov3-vitb", "paper-mocov2-r18", "paper-byol-r18")
+PRESETS = ("smoke", "smoke-detect", "small", "small-cpu", "paper", "paper-mocov3-vitb", "paper-mocov2-r18",
+           "paper-byol-r18")
 
 
 @dataclass(frozen=True)

@@ -494,7 +494,7 @@ class Pipeline:
         return self.cache.run("inspect", key, lambda: Verdict(**json.loads(path.read_text())), compute), workdir
 
     def inspect_key(self, defense: Defense, encoder_key: str, seed: int) -> str:
-        return stable_hash("inspect", defense.name, defense.config, encoder_key, self.dataset_key, seed)
+        return stable_hash("inspect", defense.name, defense.inspect_options(), encoder_key, self.dataset_key, seed)
 
     @property
     def clean_data_key(self) -> str:

@@ -25,13 +25,18 @@ from benchsuite.results import load_results
 PROVENANCE = ["suite_version", "git_commit", "config_hash", "preset", "ssl", "backbone", "epochs", "hardware",
               "torch_version", "date"]
 IDENTITY = ["dataset", "attack", "targets", "target", "rate", "seed", "defense", "metric_set"]
+# the evaluator's view of an SSL-Cleanse verdict (benchsuite/eval/reversed_trigger.py), poisoned and clean encoder
+JUDGED = ["k", "min_norm", "median_norm", "flagged_label", "flagged_label_share", "flagged_is_target",
+          "target_cluster_norm", "target_cluster_rank", "trigger_iou", "trigger_iou_best", "trigger_colour_corr",
+          "detect_s"]
 METRIC_SETS = {
     "probe": ["clean_acc", "clean_fp", "clean_asr", "patched_acc", "patched_fp", "patched_asr", "patched_confusion",
               "n_train", "n_poison", "probe", "label_fraction"],
     "detection": ["removed", "recall", "control_flag_rate", "precision", "top5_acc", "top10_acc", "top20_acc",
                   "top50_acc", "top100_acc", "top500_acc", "top20_window_acc", "top50_window_acc", "top100_window_acc",
                   "iou", "catch_rate", "iou_all", "catch_rate_all"],
-    "encoder_verdict": ["trojaned", "anomaly_index", "flagged", "clean_trojaned", "clean_anomaly_index"],
+    "encoder_verdict": ["trojaned", "anomaly_index", "flagged", "clean_trojaned", "clean_anomaly_index",
+                        *JUDGED, *(f"clean_{m}" for m in JUDGED), "mitigate_s"],
     "cost": COST_COLUMNS,
 }
 COLUMNS = PROVENANCE + IDENTITY + [m for metrics in METRIC_SETS.values() for m in metrics]

@@ -16,7 +16,7 @@ from benchsuite.api import Defense, Verdict
 from benchsuite.errors import BenchError
 from benchsuite.hookspecs import hookimpl
 from benchsuite.sslcleanse.codec import decode_trigger
-from benchsuite.sslcleanse.config import SSLCleanseConfig, validate
+from benchsuite.sslcleanse.config import SSLCleanseConfig, detection_options, validate
 from benchsuite.sslcleanse.detector import detect, sample_indices
 from benchsuite.sslcleanse.mitigator import mitigate_encoder
 
@@ -29,6 +29,9 @@ class SSLCleanse(Defense):
 
     def inspect(self, ctx) -> Verdict:
         return detect(ctx.encoder, ctx.images, ctx.features, self.config, ctx.seed, ctx.device, ctx.workdir)
+
+    def inspect_options(self) -> dict:
+        return detection_options(self.config)
 
     def mitigate(self, ctx, verdict: Verdict) -> nn.Module | None:
         cfg = self.config

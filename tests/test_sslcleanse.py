@@ -321,3 +321,21 @@ def test_verdict_warns_when_swk_stops_at_k_min(planted, tmp_path, monkeypatch):
     assert detector.verdict_warnings(one_k, 3) == []
     (emptied,) = detector.verdict_warnings(None, 2)  # k-means left two non-empty clusters
     assert "defense.sslcleanse.ratio" in emptied
+
+
+def test_mitigation_options_leave_the_verdict_and_its_cache_key_alone(planted, tmp_path):
+    from benchsuite.sslcleanse.config import MITIGATION_ONLY
+
+    data, _, encoder = planted
+    other = replace(SMALL, mitigate_when="never", mitigate_ratio=0.3, mitigate_epochs=2, mitigate_batch_size=8,
+                    mitigate_lr=0.5, mitigate_weight_decay=0.1, mitigate_warmup_steps=7, mitigate_lr_drops=(0.5,),
+                    trigger_fraction=0.9, crop_scale=(0.9, 1.0), jitter_prob=0.1)
+    assert all(getattr(other, name) != getattr(SMALL, name) for name in MITIGATION_ONLY)
+    assert SSLCleanse(other).inspect_options() == SSLCleanse(SMALL).inspect_options()
+    assert SSLCleanse(replace(SMALL, epochs=41)).inspect_options() != SSLCleanse(SMALL).inspect_options()
+    small = replace(SMALL, k_min=10, k_max=10, epochs=8)  # enough to compare the two verdicts
+    first = SSLCleanse(small).inspect(context(data, encoder, tmp_path / "a"))
+    second = SSLCleanse(replace(other, k_min=10, k_max=10, epochs=8)).inspect(context(data, encoder, tmp_path / "b"))
+    drop = ("seconds",)
+    assert {k: v for k, v in first.extras.items() if k not in drop} == \
+        {k: v for k, v in second.extras.items() if k not in drop}

@@ -6,7 +6,7 @@ command; "slides" the ECCV'24 talk. The defaults follow the README run where it 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from benchsuite.errors import BenchError
 
@@ -64,6 +64,15 @@ class SSLCleanseConfig:
 
 
 MIN_CLUSTERS = 3
+# read by the mitigator only: a verdict does not depend on them
+MITIGATION_ONLY = ("mitigate_when", "mitigate_ratio", "mitigate_epochs", "mitigate_batch_size", "mitigate_lr",
+                   "mitigate_weight_decay", "mitigate_warmup_steps", "mitigate_lr_drops", "trigger_fraction",
+                   "crop_scale", "jitter_prob")
+
+
+def detection_options(cfg: SSLCleanseConfig) -> dict:
+    """The options the detector reads (the inspect stage's cache key): all but :data:`MITIGATION_ONLY`."""
+    return {name: value for name, value in asdict(cfg).items() if name not in MITIGATION_ONLY}
 _WHY = "with 2 clusters the MAD anomaly index is always 1/1.4826 = 0.674 and can never flag"
 
 
