@@ -24,6 +24,9 @@ COLUMNS = [
     "ssl", "backbone", "epochs", "probe", "label_fraction", "encoder_key", *COST_COLUMNS,
 ]
 
+# wall-clock columns: they differ between two computations of the same stage (compare results without them)
+TIMING_COLUMNS = [*COST_COLUMNS, "detect_s", "clean_detect_s", "mitigate_s"]
+
 # what every table reads; older files may lack the rest (they read as empty)
 REQUIRED = ["dataset", "attack", "target", "rate", "seed", "defense", "clean_acc", "clean_asr", "patched_acc",
             "patched_asr"]
