@@ -263,8 +263,7 @@ class GridRunner:
                                           poisoning.poison_target)
         return np.flatnonzero(~remove), stable_hash(poison_key, "kept", remove), metrics, per_target
 
-    def _judgement(self, defense: Defense, cell: Cell, poisoning: Poisoning, verdict: Verdict,
-                   clean_verdict: Verdict) -> dict[str, Any]:
+    def _judgement(self, poisoning: Poisoning, verdict: Verdict, clean_verdict: Verdict) -> dict[str, Any]:
         """The evaluator's view of both verdicts (README, "Results columns"): the smallest cluster's class,
         the reversed trigger against the real one, the detection time; ``clean_*`` for the clean encoder."""
         labels = self.pipeline.splits().train.labels
@@ -331,7 +330,7 @@ class GridRunner:
                     note(f"warning: {defense.name} on the {which} encoder of {cell.label}: {warning}")
             extra.update(trojaned=verdict.trojaned, anomaly_index=verdict.anomaly_index, flagged=verdict.flagged,
                          clean_trojaned=clean_verdict.trojaned, clean_anomaly_index=clean_verdict.anomaly_index,
-                         **self._judgement(defense, cell, poisoning, verdict, clean_verdict),
+                         **self._judgement(poisoning, verdict, clean_verdict),
                          figures=";".join(filter(None, [self._link_figures(workdir, cell, defense.name),
                                                         *self._trigger_pictures(defense, cell, poisoning,
                                                                                 verdict, clean_verdict)])))
