@@ -338,6 +338,7 @@ class GridRunner:
             mitigated = p.mitigate_key(defense, threat.key, cell.seed)
             costs = self._costs([("inspect", workdir.name), ("mitigate", mitigated)], [])
             timing = p.cache.stage_cost("mitigate", mitigated)
-            extra["mitigate_s"] = timing.wall_s if timing is not None else float("nan")
+            repaired = encoder is not threat  # a benign verdict under mitigate_when = "trojaned" repairs nothing
+            extra["mitigate_s"] = timing.wall_s if timing is not None and repaired else float("nan")
         return [{**self._base_row(cell, defense.name, encoder.key), **metrics, **extra, **costs,
                  **per_target.get(metrics["target"], {})} for metrics in p.evaluate(encoder, cell)]
