@@ -65,12 +65,6 @@ def best_boxes(found: np.ndarray, side: int) -> tuple[list[tuple[int, int, int, 
     return [(int(x), int(y), int(x) + side, int(y) + side) for y, x in zip(ys, xs)], top
 
 
-def best_box(found: np.ndarray, side: int) -> tuple[tuple[int, int, int, int], float]:
-    """The first (top-left) of :func:`best_boxes` and its IoU."""
-    boxes, top = best_boxes(found, side)
-    return boxes[0], top
-
-
 def colour_correlation(pattern: np.ndarray, found: np.ndarray, trigger: np.ndarray,
                        box: tuple[int, int, int, int]) -> float:
     """Pearson r of the reversed ``pattern`` (3, H, W) and the true ``trigger`` (s, s, 3) uint8 placed at
