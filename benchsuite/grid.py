@@ -27,7 +27,7 @@ from benchsuite.eval.detection import (
     topk_window_accuracy,
     window_metrics,
 )
-from benchsuite.eval.reversed_trigger import judgement_columns, save_trigger_comparison
+from benchsuite.eval.reversed_trigger import has_boxes, judgement_columns, save_trigger_comparison
 from benchsuite.executors import ExecutorSpec, execute
 from benchsuite.pipeline import Cell, Encoder, Pipeline
 from benchsuite.provenance import collect
@@ -280,14 +280,14 @@ class GridRunner:
         if not distributed.is_main() or not poisoning.triggers:
             return []
         target = cell.targets[0]
-        if target not in poisoning.triggers:
+        boxes = poisoning.boxes[poisoning.poison_target == target]
+        if target not in poisoning.triggers or not has_boxes(boxes):  # no box: a whole-image trigger (CTRL)
             return []
         saved = []
         for which, v in (("poisoned", verdict), ("clean", clean_verdict)):
             if "trigger" not in v.extras:
                 continue
             mask, pattern = decode_trigger(v.extras["trigger"])
-            boxes = poisoning.boxes[poisoning.poison_target == target]
             path = self._cell_folder(cell) / f"{defense.name}_reversed_vs_true_{which}.png"
             title = f"{cell.label}, {which} encoder: anomaly index {v.anomaly_index:.2f}"
             save_trigger_comparison(path, mask, pattern, poisoning.triggers[target], boxes, title)

@@ -126,6 +126,10 @@ def test_judgement_columns_name_the_cluster_and_score_its_trigger():
     assert np.isnan(judgement_columns(extras_for(1, mask, pattern, sample, clusters), labels, {2: trigger}, boxes,
                                       poison_target * 2)["target_cluster_norm"])  # no cluster of class 2
     assert judgement_columns({}, labels, {1: trigger}, boxes, poison_target) == {}  # an old verdict: no columns
+    # a whole-image trigger (CTRL) has no boxes: the cluster columns, no trigger overlap, no error
+    ctrl = judgement_columns(extras_for(1, mask, pattern, sample, clusters), labels, {1: trigger},
+                             -np.ones_like(boxes), poison_target)
+    assert ctrl["flagged_is_target"] and not any(name.startswith("trigger_") for name in ctrl)
 
 
 def test_comparison_picture(tmp_path):

@@ -339,3 +339,16 @@ def test_mitigation_options_leave_the_verdict_and_its_cache_key_alone(planted, t
     drop = ("seconds",)
     assert {k: v for k, v in first.extras.items() if k not in drop} == \
         {k: v for k, v in second.extras.items() if k not in drop}
+
+
+@pytest.mark.slow
+def test_a_whole_image_trigger_is_judged_without_trigger_overlap(tmp_path, tiny_args):
+    """CTRL's trigger has no box: the verdict's cluster columns, no overlap columns, no picture, no error."""
+    options = ["ratio=0.1", "k_min=4", "k_max=8", "kmeans_restarts=3", "epochs=3", "batch_size=16",
+               "inversion_images=16", "knn_sample_num=16", "mitigate_when='never'"]
+    sets = [arg for option in options for arg in ("--set", f"defense.sslcleanse.{option}")]
+    assert main(["run", "--attack", "spectral", "--defense", "sslcleanse", *tiny_args, *sets]) == 0
+    run_dir = next(p for p in (tmp_path / "runs").iterdir() if p.name != "cache")
+    row = pd.read_csv(run_dir / "results.csv").set_index("defense").loc["sslcleanse"]
+    assert 0 <= row["flagged_label"] < 10 and "trigger_iou" not in row.index
+    assert "reversed_vs_true" not in str(row["figures"])

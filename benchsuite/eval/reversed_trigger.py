@@ -39,6 +39,11 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
 
+def has_boxes(boxes: np.ndarray) -> bool:
+    """Whether any row of ``boxes`` (``x, y, w, h``) is a pasted trigger's box (clean rows are -1)."""
+    return bool(len(boxes)) and bool((boxes >= 0).all(1).any())
+
+
 def mean_box(boxes: np.ndarray) -> tuple[int, int, int, int]:
     """The mean of the poisons' boxes (rows ``x, y, w, h``; -1 for clean images) as ``(x0, y0, x1, y1)``."""
     real = boxes[(boxes >= 0).all(1)]
@@ -167,9 +172,9 @@ def judgement_columns(extras: dict, labels: np.ndarray, triggers: dict[int, np.n
         out.update(flagged_label=label, flagged_label_share=share, flagged_is_target=label in triggers)
         if "norms" in extras and triggers:
             out.update(target_cluster_columns(sample, clusters, np.asarray(extras["norms"]), labels, set(triggers)))
-    if "trigger" in extras and triggers:
-        target = int(out.get("flagged_label", -1))
-        target = target if target in triggers else next(iter(triggers))
+    target = int(out.get("flagged_label", -1))
+    target = target if target in triggers else next(iter(triggers), -1)
+    if "trigger" in extras and has_boxes(boxes[poison_target == target]):  # a patch trigger (not CTRL's)
         mask, pattern = decode_trigger(extras["trigger"])
         out.update(trigger_agreement(mask, pattern, triggers[target], boxes[poison_target == target]))
     return out
