@@ -96,7 +96,7 @@ def ssl_step_rate(config: RunConfig, method: SSLMethod, image_size: int, device:
     method.to(device).train()
     if device.type == "cuda":
         method.to(memory_format=torch.channels_last)
-    opt = _optimizer([p for p in method.parameters() if p.requires_grad], cfg)
+    opt = _optimizer(method.param_groups(), cfg)
     gen = torch.Generator(device=device).manual_seed(0)
     method.generator = gen
 

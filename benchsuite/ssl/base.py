@@ -102,6 +102,21 @@ class SSLMethod(nn.Module):
     def after_step(self, progress: float) -> None:
         """Called after each optimiser step; ``progress`` in [0, 1] over the whole training."""
 
+    def param_groups(self) -> list[tuple[list[nn.Parameter], float]]:
+        """The trainable parameters as (parameters, lr scale) groups; the scale multiplies the scheduled lr."""
+        return [([p for p in self.parameters() if p.requires_grad], 1.0)]
+
+
+def predictor_groups(method: SSLMethod, predictor: nn.Module,
+                     scale: float) -> list[tuple[list[nn.Parameter], float]]:
+    """The groups of a method whose ``predictor`` trains at ``scale`` x the scheduled lr (SimSiam's
+    and DirectPred's faster predictor), everything else at 1x; one group when ``scale`` is 1."""
+    if scale == 1:
+        return SSLMethod.param_groups(method)
+    own = {id(p) for p in predictor.parameters()}
+    rest = [p for p in method.parameters() if p.requires_grad and id(p) not in own]
+    return [(rest, 1.0), ([p for p in predictor.parameters() if p.requires_grad], scale)]
+
 
 def split_halves(perm: torch.Tensor, lam: torch.Tensor) -> list[tuple[slice, torch.Tensor, torch.Tensor]]:
     """For each half of a :meth:`SSLMethod.mixed_loss` batch: its rows, ``perm`` within it, ``lam``."""

@@ -8,8 +8,17 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from benchsuite.cache import added_field
 from benchsuite.hookspecs import hookimpl
-from benchsuite.ssl.base import SSLMethod, cosine_to_one, ema_update, mlp, require, split_halves
+from benchsuite.ssl.base import (
+    SSLMethod,
+    cosine_to_one,
+    ema_update,
+    mlp,
+    predictor_groups,
+    require,
+    split_halves,
+)
 
 
 @dataclass(frozen=True)
@@ -18,11 +27,13 @@ class BYOLConfig:
     proj_dim: int = 128
     pred_hidden: int = 1024  # predictor 128 -> 1024 -> 128
     tau: float = 0.99  # target EMA, raised to 1 by a cosine schedule (spec 8.3)
+    pred_lr_scale: float = added_field(1.0)  # the predictor's lr / the scheduled lr (paper: 1)
 
     def __post_init__(self) -> None:
         for key in ("proj_hidden", "proj_dim", "pred_hidden"):
             require("byol", getattr(self, key) > 0, key, getattr(self, key), "must be > 0")
         require("byol", 0 <= self.tau <= 1, "tau", self.tau, "must be in [0, 1]")
+        require("byol", self.pred_lr_scale > 0, "pred_lr_scale", self.pred_lr_scale, "must be > 0")
 
 
 def normalized_mse(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -63,6 +74,9 @@ class BYOL(SSLMethod):
             target = w * (p[rows] * zh).sum(1) + (1 - w) * (p[rows] * zh[half_perm]).sum(1)
             loss = loss + (2 - 2 * target).mean()
         return loss
+
+    def param_groups(self) -> list[tuple[list[torch.nn.Parameter], float]]:
+        return predictor_groups(self, self.predictor, self.config.pred_lr_scale)
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchsuite import distributed
+from benchsuite.cache import added_field
 from benchsuite.errors import BenchError
 from benchsuite.hookspecs import hookimpl
 from benchsuite.ssl.base import (
@@ -23,6 +24,7 @@ from benchsuite.ssl.base import (
     ema_update,
     mixed_cross_entropy,
     mlp,
+    predictor_groups,
     require,
     split_halves,
 )
@@ -38,6 +40,7 @@ class MoCoV3Config:
     temperature: float = 0.2
     stop_grad_patch_embed: bool = True  # ViT only: keep the random patch projection (--stop-grad-conv1)
     sincos_pos_embed: bool = True  # ViT only: fixed 2-D sin-cos position embedding
+    pred_lr_scale: float = added_field(1.0)  # the predictor's lr / the scheduled lr (paper: 1)
 
     def __post_init__(self) -> None:
         require("moco_v3", self.proj_layers >= 2, "proj_layers", self.proj_layers, "must be >= 2")
@@ -45,6 +48,7 @@ class MoCoV3Config:
             require("moco_v3", getattr(self, key) > 0, key, getattr(self, key), "must be > 0")
         require("moco_v3", self.temperature > 0, "temperature", self.temperature, "must be > 0")
         require("moco_v3", 0 <= self.momentum <= 1, "momentum", self.momentum, "must be in [0, 1]")
+        require("moco_v3", self.pred_lr_scale > 0, "pred_lr_scale", self.pred_lr_scale, "must be > 0")
 
 
 def sincos_2d(height: int, width: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
@@ -119,6 +123,9 @@ class MoCoV3(SSLMethod):
         q = self._queries(mixed_view)
         k = self._keys(other_view)
         return sum(self._contrast(q[rows], k[rows], p, w) for rows, p, w in split_halves(perm, lam))
+
+    def param_groups(self) -> list[tuple[list[nn.Parameter], float]]:
+        return predictor_groups(self, self.predictor, self.config.pred_lr_scale)
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:

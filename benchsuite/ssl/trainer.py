@@ -79,7 +79,9 @@ def lr_at(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -
     return base * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total_steps - warm)))
 
 
-def _optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+def _optimizer(groups: list[tuple[list[torch.nn.Parameter], float]], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimiser over ``groups`` of (parameters, lr scale); each group keeps its scale as ``lr_scale``."""
+    params = [{"params": group, "lr_scale": scale} for group, scale in groups]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
@@ -128,8 +130,9 @@ def pretrain(method: SSLMethod, images: np.ndarray, cfg: TrainConfig, seed: int,
     method.check_batch(micro * world)
     steps_per_epoch = n // batch
     total = cfg.epochs * steps_per_epoch
-    params = [p for p in method.parameters() if p.requires_grad]
-    optimizer = _optimizer(params, cfg)
+    groups = method.param_groups()
+    params = [p for group, _ in groups for p in group]
+    optimizer = _optimizer(groups, cfg)
     start_epoch, history = _resume(method, optimizer, workdir)
     if distributed.broadcast_object(start_epoch) != start_epoch:
         raise BenchError(f"rank {rank} found another checkpoint in {workdir} than rank 0: "
@@ -148,7 +151,7 @@ def pretrain(method: SSLMethod, images: np.ndarray, cfg: TrainConfig, seed: int,
                 for i in range(steps_per_epoch):
                     step = epoch * steps_per_epoch + i
                     for group in optimizer.param_groups:
-                        group["lr"] = lr_at(cfg, step, total, steps_per_epoch)
+                        group["lr"] = lr_at(cfg, step, total, steps_per_epoch) * group.get("lr_scale", 1.0)
                     first = i * batch + rank * local
                     x = to_float(take(order[first:first + local]))
                     v1 = augment(x, cfg.augment, gen, shard)
