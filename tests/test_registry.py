@@ -141,8 +141,10 @@ def test_ssl_flag_applies_the_presets_recipe_for_that_method_and_set_still_wins(
     assert byol.ssl.method == "byol" and byol.ssl.method_options == {"tau": 0.98}
     assert byol.train.optimizer == "adam" and byol.train.lr == 1e-3 and byol.train.epochs == plain.train.epochs
     assert config("--ssl", "byol", "--set", "train.lr=0.002").train.lr == 0.002
-    moco = config("--ssl", "moco_v2")  # no recipe: the preset's training values, the method's defaults
-    assert moco.train.optimizer == "sgd" and moco.ssl.method_options == {}
+    simclr = config("--ssl", "simclr")  # no recipe: the preset's training values, the method's defaults
+    assert simclr.train.optimizer == "sgd" and simclr.ssl.method_options == {}
+    moco = config("--ssl", "moco_v2")  # the recipe the tuned preset inherits from smoke
+    assert moco.train.optimizer == "sgd" and moco.ssl.method_options["queue_size"] == 512
 
 
 def test_dataset_flag_keeps_the_options_the_new_loader_takes():
