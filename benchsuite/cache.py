@@ -46,21 +46,21 @@ def _field_default(f: dataclasses.Field) -> Any:
     return f.default_factory()  # type: ignore[misc]
 
 
-def _fields(obj: Any) -> dict[str, Any]:
+def keyed_fields(obj: Any) -> dict[str, Any]:
     """``dataclasses.asdict`` without the added fields that still hold their default."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _fields(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+        return {f.name: keyed_fields(getattr(obj, f.name)) for f in dataclasses.fields(obj)
                 if not (f.metadata.get("keyed_if_set") and getattr(obj, f.name) == _field_default(f))}
     if isinstance(obj, dict):
-        return {k: _fields(v) for k, v in obj.items()}
+        return {k: keyed_fields(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_fields(v) for v in obj)
+        return type(obj)(keyed_fields(v) for v in obj)
     return obj
 
 
 def _canonical(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {"__type__": type(obj).__name__, **_canonical(_fields(obj))}
+        return {"__type__": type(obj).__name__, **_canonical(keyed_fields(obj))}
     if isinstance(obj, dict):
         return {str(k): _canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
     if isinstance(obj, (list, tuple)):

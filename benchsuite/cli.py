@@ -73,6 +73,9 @@ def parser() -> argparse.ArgumentParser:
                      "k-th by file name (HTBA's trigger_10.png ... trigger_19.png)")
     run.add_argument("--reference", action=argparse.BooleanOptionalAction, default=None,
                      help="also train on the clean data for the clean-model ASR")
+    run.add_argument("--removal-control", action=argparse.BooleanOptionalAction, default=None,
+                     help="beside each filter defense, retrain after removing as many images at random "
+                     "(random_removal_* columns)")
     run.add_argument("--device", help="auto, cpu or cuda[:N]")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override any preset value, e.g. train.batch_size=128 (repeatable)")
@@ -118,8 +121,8 @@ def parser() -> argparse.ArgumentParser:
     doctor.add_argument("--gpu-check", action="store_true",
                         help="exercise every CUDA path of the suite with small sizes; write a JSON and markdown report")
     doctor.add_argument("--seconds", type=float, default=40.0, help=argparse.SUPPRESS)  # measurement budget
-    doctor.set_defaults(reference=None, download=False, checkpoint=None, trigger=None, trigger_size=None,
-                        trigger_dir=None)
+    doctor.set_defaults(reference=None, removal_control=None, download=False, checkpoint=None, trigger=None,
+                        trigger_size=None, trigger_dir=None)
     return ap
 
 
@@ -169,6 +172,8 @@ def _config_from_args(args: argparse.Namespace):
         grid["rates"] = _rates(args.rates)
     if args.reference is not None:
         grid["reference"] = args.reference
+    if args.removal_control is not None:
+        grid["removal_control"] = args.removal_control
     if args.dataset:
         data["dataset"] = {"name": args.dataset, "options": _carried_options(data.get("dataset", {}), args.dataset)}
     if args.data_path:

@@ -11,6 +11,7 @@ from typing import Any
 
 import tomllib
 
+from benchsuite.cache import added_field
 from benchsuite.errors import BenchError
 from benchsuite.eval.probe import ProbeConfig
 from benchsuite.ssl.trainer import TrainConfig
@@ -43,6 +44,8 @@ class GridSpec:
     seeds: tuple[int, ...] = (0,)
     rates: tuple[float, ...] = (1.0,)  # fraction of each target class poisoned
     reference: bool = True  # also train the same recipe on the clean data (clean-model ASR)
+    # beside each filter defense, retrain after removing as many images at random (the removal's control)
+    removal_control: bool = added_field(False)
 
     def __post_init__(self) -> None:
         examples = {"attacks": "--attack htba", "defenses": "--defense none", "targets": "--targets 0",

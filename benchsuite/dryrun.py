@@ -6,9 +6,9 @@ import numpy as np
 from rich.table import Table
 
 from benchsuite.api import ComposedDefense, Defense
-from benchsuite.cache import stable_hash
 from benchsuite.console import console
-from benchsuite.grid import GridRunner
+from benchsuite.eval.detection import random_removal
+from benchsuite.grid import GridRunner, kept_data_key
 from benchsuite.pipeline import Cell
 
 
@@ -29,11 +29,15 @@ def defense_status(runner: GridRunner, cell: Cell, defense: Defense, poison_key:
     training = defense.training if isinstance(defense, ComposedDefense) else None
     detect_key = p.detect_key(filter_defense, threat_key, poison_key, cell.seed)
     retrain: bool | None = None
+    control: bool | None = None
     if cache.is_done("detect", detect_key):
         with np.load(cache.dir("detect", detect_key) / "detection.npz") as d:
-            kept_key = stable_hash(poison_key, "kept", d["remove"])
-        retrain = cache.is_done("pretrain", p.pretrain_key(kept_key, cell.seed, training))
-    return f"detect {_mark(cache.is_done('detect', detect_key))}, retrain {_mark(retrain)}"
+            remove = d["remove"]
+        retrain = cache.is_done("pretrain", p.pretrain_key(kept_data_key(poison_key, remove), cell.seed, training))
+        random = random_removal(len(remove), int(remove.sum()), cell.seed)
+        control = cache.is_done("pretrain", p.pretrain_key(kept_data_key(poison_key, random), cell.seed, training))
+    status = f"detect {_mark(cache.is_done('detect', detect_key))}, retrain {_mark(retrain)}"
+    return status + (f", random removal {_mark(control)}" if runner.config.grid.removal_control else "")
 
 
 def print_plan(runner: GridRunner) -> None:

@@ -13,7 +13,7 @@ import pandas as pd
 
 from benchsuite import __version__, distributed
 from benchsuite.api import ComposedDefense, Defense, Poisoning, Verdict
-from benchsuite.cache import stable_hash
+from benchsuite.cache import keyed_fields, stable_hash
 from benchsuite.checkpoint import copy_file, save_json, sweep_temp_files
 from benchsuite.config import RunConfig
 from benchsuite.console import note, set_log_file
@@ -21,6 +21,7 @@ from benchsuite.cost import row_costs
 from benchsuite.errors import BenchError
 from benchsuite.eval.detection import (
     per_target_detection,
+    random_removal,
     removal_metrics,
     retrieval_curve,
     topk_accuracy,
@@ -52,7 +53,14 @@ def cell_slug(cell: Cell) -> str:
 
 def run_id(config: RunConfig) -> str:
     """Same configuration -> same run directory, so a rerun resumes into it."""
-    return f"{config.preset}-{config.dataset.name}-{stable_hash(config.to_dict(), length=8)}"
+    data = config.to_dict()
+    data["grid"] = keyed_fields(config.grid)  # a grid option added later moves the run only when it is set
+    return f"{config.preset}-{config.dataset.name}-{stable_hash(data, length=8)}"
+
+
+def kept_data_key(poison_key: str, remove: np.ndarray) -> str:
+    """The data key of the training set left after a removal (a filter's, or its random control's)."""
+    return stable_hash(poison_key, "kept", remove)
 
 
 # bump when a cell's rows gain columns computed from cached stages: older cell results are then rebuilt
@@ -261,7 +269,19 @@ class GridRunner:
                    "figures": ";".join(filter(None, [figures, str(plot.relative_to(self.run_dir))]))}
         per_target = per_target_detection(remove, detection.scores, detection.windows, poisoning.boxes,
                                           poisoning.poison_target)
-        return np.flatnonzero(~remove), stable_hash(poison_key, "kept", remove), metrics, per_target
+        return np.flatnonzero(~remove), kept_data_key(poison_key, remove), metrics, per_target
+
+    def _removal_control(self, cell: Cell, poisoning: Poisoning, poison_key: str, count: int,
+                         training: Defense | None, label: str) -> dict[int, dict[str, float]]:
+        """Per target, the ``random_removal_*`` columns: the same recipe retrained after removing ``count``
+        random images, so a filter's drop in ASR reads against what removing that many images gives anyway."""
+        p = self.pipeline
+        remove = random_removal(len(poisoning.train), count, cell.seed)
+        encoder = p.encoder(poisoning.train.images[~remove], kept_data_key(poison_key, remove), cell.seed,
+                            label=f"retrain random removal of {count}, {label}", training=training)
+        return {m["target"]: {"random_removal_recall": removal_metrics(remove, poisoning.poison_target == m["target"])
+                              ["recall"], "random_removal_clean_acc": m["clean_acc"],
+                              "random_removal_patched_asr": m["patched_asr"]} for m in p.evaluate(encoder, cell)}
 
     def _judgement(self, poisoning: Poisoning, verdict: Verdict, clean_verdict: Verdict) -> dict[str, Any]:
         """The evaluator's view of both verdicts (README, "Results columns"): the smallest cluster's class,
@@ -320,6 +340,9 @@ class GridRunner:
             kept, kept_key, metrics, per_target = self._filter(filter_defense, cell, poisoning, poison_key, threat)
             extra.update(metrics, n_train=len(kept))
             encoder = p.encoder(images[kept], kept_key, cell.seed, label=f"retrain {label}", training=training)
+            if self.config.grid.removal_control:
+                control = self._removal_control(cell, poisoning, poison_key, len(images) - len(kept), training, label)
+                per_target = {t: {**per_target.get(t, {}), **control[t]} for t in control}
             costs = self._costs([("detect", p.detect_key(filter_defense, threat.key, poison_key, cell.seed))],
                                 [("pretrain", encoder.key)], filtered_images=len(images))
         else:  # model: judge the threat and the clean encoder, evaluate the repaired threat encoder

@@ -37,6 +37,10 @@ TABLE2_METRICS = [("removed", "Removed"), ("recall", "Recall"), ("control_flag_r
                   ("precision", "Precision"), ("top20_acc", "Top-20 Acc (PS)"),
                   ("top20_window_acc", "Top-20 win. Acc (PC)"), ("iou", "IoU"), ("catch_rate", "CR"),
                   ("iou_all", "IoU all"), ("catch_rate_all", "CR all")]
+# with ``--removal-control``: the filter's own retrained ASR beside that of as many images removed at random
+REMOVAL_CONTROL_METRICS = [("patched_asr", "Patched ASR"), ("random_removal_recall", "Rand. rem. Recall"),
+                           ("random_removal_patched_asr", "Rand. rem. Patched ASR"),
+                           ("random_removal_clean_acc", "Rand. rem. Clean ACC")]
 
 
 def display_name(defense: str) -> str:
@@ -74,7 +78,10 @@ def _filters(results: pd.DataFrame) -> list[str]:
 def table2_frame(results: pd.DataFrame) -> pd.DataFrame | None:
     """Detection table over the filter defenses, per target; None when no filter defense ran."""
     filters = _filters(results)
-    return grouped_frame(results, filters, TABLE2_METRICS) if filters else None
+    if not filters:
+        return None
+    controlled = "random_removal_patched_asr" in results and results["random_removal_patched_asr"].notna().any()
+    return grouped_frame(results, filters, TABLE2_METRICS + (REMOVAL_CONTROL_METRICS if controlled else []))
 
 
 SETTING = ["dataset", "attack", "rate"]

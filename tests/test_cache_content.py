@@ -156,3 +156,15 @@ def test_a_missing_trigger_is_still_a_one_line_error(tmp_path, tiny_args, capsys
     assert main(["run", "--trigger", str(tmp_path / "trigger.png"), *tiny_args]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("error:") and "trigger.png not found" in last, last
+
+
+def test_a_grid_option_added_later_moves_the_run_directory_only_when_set():
+    from dataclasses import replace
+
+    from benchsuite.config import build_config, read_preset
+    from benchsuite.grid import run_id
+
+    config = build_config(read_preset("smoke"))
+    # the smoke run directory of the releases before grid.removal_control existed, so their runs resume
+    assert run_id(config) == "smoke-synthetic-54c0ff8c", "smoke.toml changed? then update this id"
+    assert run_id(replace(config, grid=replace(config.grid, removal_control=True))) != run_id(config)

@@ -153,13 +153,15 @@ def test_filter_that_finds_no_trigger_flags_no_new_image(planted, tmp_path):
 
 
 @pytest.mark.slow
-def test_grid_reports_the_pasting_control_and_poisoncam_window_accuracy(tmp_path, tiny_args):
+def test_grid_reports_the_pasting_control_and_poisoncam_window_accuracy(tmp_path, tiny_args, capsys, monkeypatch):
     import pandas as pd
 
+    from benchsuite.cache import StageCache
     from benchsuite.cli import main
+    from benchsuite.console import console
     from benchsuite.tables import table2_frame
 
-    argv = ["run", "--defense", "poisoncam", "--no-reference", *tiny_args]
+    argv = ["run", "--defense", "poisoncam", "--no-reference", "--removal-control", *tiny_args]
     for item in ("num_masks=8", "flip_set_size=10", "classifier_iterations=10", "classifier_models=1",
                  "classifier_width=4", "classifier_batch_size=32", "classifier_eval_every=5", "min_flip_fraction=0"):
         argv += ["--set", f"defense.poisoncam.{item}"]
@@ -174,3 +176,20 @@ def test_grid_reports_the_pasting_control_and_poisoncam_window_accuracy(tmp_path
     table = table2_frame(results.reset_index())
     titles = [title for group, title in table.columns if group == "PoisonCAM"]
     assert titles.index("Control flag") == titles.index("Recall") + 1  # shown beside recall
+
+    # the removal control: the same recipe retrained after removing as many images at random
+    assert 0.0 <= row["random_removal_patched_asr"] <= 100.0 and 0.0 <= row["random_removal_clean_acc"] <= 100.0
+    assert 0.0 <= row["random_removal_recall"] <= 100.0
+    assert pd.isna(results.loc["none", "random_removal_patched_asr"])
+    cache = StageCache(tmp_path / "runs" / "cache")
+    retrained = {cache.meta("pretrain", d.name)["label"]: cache.meta("pretrain", d.name)["images"]
+                 for d in (tmp_path / "runs" / "cache" / "pretrain").iterdir() if (d / "DONE").is_file()}
+    control = [n for label, n in retrained.items() if label.startswith("retrain random removal")]
+    assert control == [row["n_train"]] == [n for label, n in retrained.items() if label.startswith("retrain poisoncam")]
+    assert "Rand. rem. Patched ASR" in titles
+    plain = table2_frame(results.reset_index().drop(columns=[c for c in results if c.startswith("random_removal")]))
+    assert "Rand. rem. Patched ASR" not in [title for _, title in plain.columns]
+    monkeypatch.setattr(console, "width", 300)  # one line a cell
+    capsys.readouterr()
+    assert main([*argv, "--dry-run"]) == 0
+    assert "retrain cached, random removal cached" in capsys.readouterr().err

@@ -26,6 +26,16 @@ def removal_metrics(remove: np.ndarray, poison_mask: np.ndarray) -> dict[str, fl
             "precision": 100.0 * caught / max(1, int(remove.sum()))}
 
 
+def random_removal(n: int, count: int, seed: int) -> np.ndarray:
+    """A removal mask of ``count`` of ``n`` images drawn at random: the control a filter's removal is read against.
+
+    Seeded by the seed and the count only, so two filters that remove as many images share one control.
+    """
+    remove = np.zeros(n, dtype=bool)
+    remove[np.random.default_rng([seed, count, 0x5EED]).choice(n, size=count, replace=False)] = True
+    return remove
+
+
 def ranking(scores: np.ndarray) -> np.ndarray:
     """Indices by descending score (ties keep index order)."""
     return np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
