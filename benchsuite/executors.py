@@ -1,15 +1,16 @@
 """Where the grid's cells run: in this process, in worker processes (one GPU each), or through submitit.
 
-Every executor runs the same job, :func:`run_cell_job`, which computes one cell through the stage
-cache and writes its rows to ``<run>/cells/``; workers that need the same stage (the clean encoder
-of a seed) wait on its lock and then load it.
+Every executor runs the job it is given (the grid's :func:`benchsuite.grid.run_cell_job`, a module-level
+function, so worker processes and submitit can pickle it by name), which computes one cell through the
+stage cache and writes its rows to ``<run>/cells/``; workers that need the same stage (the clean encoder
+of a seed) wait on its lock and then load it. This module does not import the grid.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from benchsuite.pipeline import Cell
 
 EXECUTORS = ("local", "submitit")
+CellJob = Callable[["RunConfig", str, "Cell", Any], list[dict[str, Any]]]  # (config, out, cell, gpus) -> rows
 
 
 @dataclass(frozen=True)
@@ -45,37 +47,20 @@ class ExecutorSpec:
             raise BenchError(f"--workers {self.workers} must be at least 1")
 
 
-def run_cell_job(config: RunConfig, out: str, cell: Cell, gpus: Any = None) -> list[dict[str, Any]]:
-    """One cell, start to finish, in whatever process runs it; returns (and saves) its rows."""
-    from benchsuite.grid import GridRunner  # the grid imports this module
-    from benchsuite.registry import get_registry
-
-    gpu = gpus.get() if gpus is not None else None
-    try:
-        if gpu is not None:
-            os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)  # before this fresh process touches CUDA
-        runner = GridRunner(config, get_registry(), Path(out))
-        rows = runner.run_cell(cell)
-        runner.save_cell(cell, rows)
-        return rows
-    finally:
-        if gpu is not None:
-            gpus.put(gpu)
-
-
 def _threads_per_worker(workers: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
 
 
-def execute(config: RunConfig, out: Path, cells: list[Cell], spec: ExecutorSpec,
+def execute(job: CellJob, config: RunConfig, out: Path, cells: list[Cell], spec: ExecutorSpec,
             log_dir: Path) -> Iterator[tuple[Cell, list[dict[str, Any]]]]:
-    """Run ``cells`` with ``spec`` and yield (cell, rows) as each finishes (in any order)."""
+    """Run ``job(config, out, cell, gpus)`` for each of ``cells`` with ``spec``; yield (cell, rows) as each
+    finishes (in any order). ``gpus`` is a queue of free GPU indices when worker processes share GPUs."""
     if spec.kind == "submitit":
-        yield from _submitit(config, out, cells, spec, log_dir)
+        yield from _submitit(job, config, out, cells, spec, log_dir)
         return
     if spec.workers == 1 or len(cells) <= 1:
         for cell in cells:
-            yield cell, run_cell_job(config, str(out), cell)
+            yield cell, job(config, str(out), cell, None)
         return
     n_gpus = torch.cuda.device_count()
     workers = min(spec.workers, n_gpus) if n_gpus else spec.workers
@@ -90,14 +75,14 @@ def execute(config: RunConfig, out: Path, cells: list[Cell], spec: ExecutorSpec,
         _threads_per_worker(workers)
     # one fresh process per cell, so each sees only its own GPU
     with ProcessPoolExecutor(workers, mp_context=context, max_tasks_per_child=1) as pool:
-        futures = {pool.submit(run_cell_job, config, str(out), cell, gpus): cell for cell in cells}
+        futures = {pool.submit(job, config, str(out), cell, gpus): cell for cell in cells}
         for future in as_completed(futures):
             yield futures[future], future.result()
     if manager is not None:
         manager.shutdown()
 
 
-def _submitit(config: RunConfig, out: Path, cells: list[Cell], spec: ExecutorSpec,
+def _submitit(job: CellJob, config: RunConfig, out: Path, cells: list[Cell], spec: ExecutorSpec,
               log_dir: Path) -> Iterator[tuple[Cell, list[dict[str, Any]]]]:
     import submitit
 
@@ -109,7 +94,7 @@ def _submitit(config: RunConfig, out: Path, cells: list[Cell], spec: ExecutorSpe
     if spec.slurm_partition:
         params["slurm_partition"] = spec.slurm_partition
     executor.update_parameters(**params)
-    jobs = {executor.submit(run_cell_job, config, str(out.resolve()), cell): cell for cell in cells}
+    jobs = {executor.submit(job, config, str(out.resolve()), cell, None): cell for cell in cells}
     for job in submitit.helpers.as_completed(list(jobs)):
         try:
             rows = job.result()

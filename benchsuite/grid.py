@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from benchsuite.eval.reversed_trigger import has_boxes, judgement_columns, save_
 from benchsuite.executors import ExecutorSpec, execute
 from benchsuite.pipeline import Cell, Encoder, Pipeline
 from benchsuite.provenance import collect
-from benchsuite.registry import Registry
+from benchsuite.registry import Registry, get_registry
 from benchsuite.results import REFERENCE_DEFENSE, save_results
 from benchsuite.sslcleanse.codec import decode_trigger
 from benchsuite.validate import check_config, check_poison_counts
@@ -122,7 +123,7 @@ class GridRunner:
         def ordered_rows() -> list[dict[str, Any]]:
             return [row for cell in all_cells if cell in finished for row in finished[cell]]
 
-        for cell, rows in execute(self.config, self.out, pending, executor, self.run_dir / "submitit"):
+        for cell, rows in execute(run_cell_job, self.config, self.out, pending, executor, self.run_dir / "submitit"):
             finished[cell] = rows
             note(f"cell {len(finished)}/{len(all_cells)} done: {cell.label}")
             save_results(self.run_dir, ordered_rows())
@@ -365,3 +366,20 @@ class GridRunner:
             extra["mitigate_s"] = timing.wall_s if timing is not None and repaired else float("nan")
         return [{**self._base_row(cell, defense.name, encoder.key), **metrics, **extra, **costs,
                  **per_target.get(metrics["target"], {})} for metrics in p.evaluate(encoder, cell)]
+
+
+def run_cell_job(config: RunConfig, out: str, cell: Cell, gpus: Any = None) -> list[dict[str, Any]]:
+    """One cell, start to finish, in whatever process an executor runs it; returns (and saves) its rows.
+
+    ``gpus``: a queue of free GPU indices shared by worker processes; this job takes one while it runs."""
+    gpu = gpus.get() if gpus is not None else None
+    try:
+        if gpu is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)  # before this fresh process touches CUDA
+        runner = GridRunner(config, get_registry(), Path(out))
+        rows = runner.run_cell(cell)
+        runner.save_cell(cell, rows)
+        return rows
+    finally:
+        if gpu is not None:
+            gpus.put(gpu)
