@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from benchsuite.cache import _fields
+from benchsuite.cache import keyed_fields
 from benchsuite.cli import main
 from benchsuite.registry import get_registry
 from benchsuite.ssl.trainer import TrainConfig, pretrain
@@ -61,8 +61,8 @@ def test_snapshot_outside_the_epochs_is_refused(tmp_path, tiny_args, capsys, sna
 
 
 def test_no_snapshots_leaves_the_cache_key_unchanged():
-    assert "snapshots" not in _fields(TrainConfig())
-    assert _fields(TrainConfig(epochs=4, snapshots=(2,)))["snapshots"] == (2,)
+    assert "snapshots" not in keyed_fields(TrainConfig())
+    assert keyed_fields(TrainConfig(epochs=4, snapshots=(2,)))["snapshots"] == (2,)
 
 
 def test_snapshots_are_sorted_and_deduplicated():
