@@ -95,10 +95,10 @@ def _submitit(job: CellJob, config: RunConfig, out: Path, cells: list[Cell], spe
         params["slurm_partition"] = spec.slurm_partition
     executor.update_parameters(**params)
     jobs = {executor.submit(job, config, str(out.resolve()), cell, None): cell for cell in cells}
-    for job in submitit.helpers.as_completed(list(jobs)):
+    for finished in submitit.helpers.as_completed(list(jobs)):
         try:
-            rows = job.result()
+            rows = finished.result()
         except Exception as err:  # a failed job: say where its log is, keep the finished cells
-            raise BenchError(f"cell {jobs[job].label} failed in submitit job {job.job_id} "
+            raise BenchError(f"cell {jobs[finished].label} failed in submitit job {finished.job_id} "
                              f"(log in {log_dir}): {str(err).strip().splitlines()[-1]}") from err
-        yield jobs[job], rows
+        yield jobs[finished], rows
