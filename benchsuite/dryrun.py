@@ -34,8 +34,9 @@ def defense_status(runner: GridRunner, cell: Cell, defense: Defense, poison_key:
         with np.load(cache.dir("detect", detect_key) / "detection.npz") as d:
             remove = d["remove"]
         retrain = cache.is_done("pretrain", p.pretrain_key(kept_data_key(poison_key, remove), cell.seed, training))
-        random = random_removal(len(remove), int(remove.sum()), cell.seed)
-        control = cache.is_done("pretrain", p.pretrain_key(kept_data_key(poison_key, random), cell.seed, training))
+        if runner.config.grid.removal_control:
+            random = random_removal(len(remove), int(remove.sum()), cell.seed)
+            control = cache.is_done("pretrain", p.pretrain_key(kept_data_key(poison_key, random), cell.seed, training))
     status = f"detect {_mark(cache.is_done('detect', detect_key))}, retrain {_mark(retrain)}"
     return status + (f", random removal {_mark(control)}" if runner.config.grid.removal_control else "")
 
