@@ -15,6 +15,7 @@ demo: $(BIN)/bench
 
 test: $(BIN)/bench
 	$(BIN)/ruff check benchsuite attacks defenses plugins tests
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q
 
 # the numbers, then the one speed bound that is asserted (--benchmark-only skips it): make bench fails on it

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from benchsuite.api import Attack, PatchedSet, Poisoning
-from benchsuite.cache import added_field
+from benchsuite.api import Attack, DataAttack, PatchedSet, Poisoning
+from benchsuite.api.hookspecs import hookimpl
+from benchsuite.core.cache import added_field
+from benchsuite.core.errors import BenchError
 from benchsuite.data import ImageDataset
 from benchsuite.data.store import copy_on_write
-from benchsuite.errors import BenchError
-from benchsuite.hookspecs import hookimpl
 from benchsuite.triggers import (
     GENERATED,
     boxes_from_corners,
@@ -57,7 +57,7 @@ def choose_poisons(labels: np.ndarray, target: int, rate: float, rng: np.random.
     return np.sort(candidates[: int(rate * len(candidates))])
 
 
-class HTBA(Attack):
+class HTBA(DataAttack):
     name = "htba"
     Config = HTBAConfig
     description = "HTBA opaque patch trigger on a fraction of the target class"

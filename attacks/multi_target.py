@@ -10,7 +10,7 @@ A cell with one target is widened to ``n_targets`` consecutive classes (t, t+1, 
 number of classes), or to the explicit ``targets``; a cell given as ``--targets 0+3+5`` is kept.
 
 Triggers must differ between the targets (issue #14): by default each target gets its own generated
-glyph (benchsuite.glyphs), distinct in structure and colour; ``trigger_dir`` gives class k the k-th
+glyph (benchsuite.triggers.glyphs), distinct in structure and colour; ``trigger_dir`` gives class k the k-th
 PNG of a folder (HTBA's trigger_10.png ... trigger_19.png), ``trigger_files`` one file per class.
 """
 
@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from benchsuite.api import Poisoning
+from benchsuite.api.hookspecs import hookimpl
 from benchsuite.attacks.htba import HTBA, HTBAConfig
-from benchsuite.cache import added_field
+from benchsuite.core.cache import added_field
+from benchsuite.core.errors import BenchError
 from benchsuite.data import ImageDataset
-from benchsuite.errors import BenchError
-from benchsuite.glyphs import GLYPHS
-from benchsuite.hookspecs import hookimpl
 from benchsuite.triggers import GENERATED, glyph_number, make_trigger
+from benchsuite.triggers.glyphs import GLYPHS
 
 
 @dataclass(frozen=True)

@@ -21,20 +21,27 @@ spectral trigger has no box: every boxes row is -1.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from benchsuite.api import Attack, PatchedSet, Poisoning
+from benchsuite.api import Attack, DataAttack, NamedFigure, PatchedSet, Poisoning
+from benchsuite.api.hookspecs import hookimpl
+from benchsuite.core.errors import BenchError
 from benchsuite.data import ImageDataset
 from benchsuite.data.store import copy_on_write
-from benchsuite.errors import BenchError
-from benchsuite.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 RGB_TO_YUV = np.array([[0.299, 0.587, 0.114],  # kornia rgb_to_yuv (spec 3.1)
                        [-0.147, -0.289, 0.436],
                        [0.615, -0.515, -0.100]])
+YUV = ("Y", "U", "V")
+FIGURE_CHUNK = 64  # images per float64 batch of the spectrum figure
 CHUNK_PIXELS = 1 << 24  # pixels per batch on the device (~400 MB per float64 copy)
 
 
@@ -146,7 +153,42 @@ def select_poisons(labels: np.ndarray, target: int, rate: float, config: Spectra
     return np.sort(candidates[:n])
 
 
-class Spectral(Attack):
+def difference_spectrum(poisoned: np.ndarray, clean: np.ndarray, window: int) -> np.ndarray:
+    """(3, window, window) magnitude of the orthonormal DCT of the mean poisoned - clean difference in YUV,
+    averaged over the images and over the ``window`` blocks (all linear, so it is the mean of the block DCTs)."""
+    h, w = clean.shape[1:3]
+    total = np.zeros(clean.shape[1:], dtype=np.float64)
+    for i in range(0, len(clean), FIGURE_CHUNK):
+        total += (poisoned[i:i + FIGURE_CHUNK].astype(np.float64) - clean[i:i + FIGURE_CHUNK]).sum(0)
+    yuv = (total / len(clean)) @ RGB_TO_YUV.T  # (H, W, 3); kornia's YUV has no offset, so yuv(p) - yuv(c) = yuv(p - c)
+    block = yuv[: h - h % window, : w - w % window].reshape(h // window, window, w // window, window, 3).mean((0, 2))
+    d = dct_matrix(window).numpy()
+    return np.abs(np.einsum("un,nmc,vm->cuv", d, block, d))
+
+
+
+def spectrum_figure(spectrum: np.ndarray, config: SpectralConfig, n_poisons: int, title: str) -> Figure:
+    """The log DCT magnitude per YUV channel, the attacked coefficients circled."""
+    from matplotlib.figure import Figure  # matplotlib: only when pictures are drawn
+
+    logmag = np.log10(spectrum + 1e-3)
+    fig = Figure(figsize=(10, 3.6), layout="constrained")
+    axes = fig.subplots(1, 3)
+    for c, ax in enumerate(axes):
+        im = ax.imshow(logmag[c], cmap="magma", vmin=logmag.min(), vmax=logmag.max(), interpolation="nearest")
+        ax.set_title(f"{YUV[c]}{' (attacked)' if c in config.channels else ''}", fontsize=9)
+        ax.set_xlabel("DCT column v")
+        if c in config.channels:
+            for u, v in config.pairs:
+                ax.scatter([v], [u], s=120, facecolors="none", edgecolors="cyan", linewidths=1.2,
+                           clip_on=False)
+    axes[0].set_ylabel("DCT row u")
+    fig.colorbar(im, ax=list(axes), shrink=0.8, label="log10 |mean DCT coefficient|")
+    fig.suptitle(f"{title}: DCT of the poisoned - clean difference, mean over {n_poisons} poisons", fontsize=9)
+    return fig
+
+
+class Spectral(DataAttack):
     name = "spectral"
     Config = SpectralConfig
     description = "CTRL: a fixed frequency-domain (block DCT, YUV) trigger on a fraction of the target class"
@@ -171,6 +213,19 @@ class Spectral(Attack):
 
     def patch_val(self, val: ImageDataset, target: int, seed: int) -> PatchedSet:
         return PatchedSet(apply_spectral(val.images, self.config), val.labels, np.full((len(val), 4), -1, np.int64))
+
+    def extra_figures(self, poisoned: Callable[[], tuple[np.ndarray, np.ndarray]], title: str) -> list[NamedFigure]:
+        """The DCT spectrum of the poisoned - clean difference, the attacked coefficients circled."""
+        sample_poisoned, sample_clean = poisoned()
+        if not len(sample_poisoned):
+            return []
+        config = self.config
+        spectrum = difference_spectrum(sample_poisoned, sample_clean, config.window)
+        attacked = ", ".join(YUV[c] for c in config.channels)
+        caption = (f"{self.name}: log10 magnitude of the orthonormal {config.window}x{config.window} block DCT (YUV) "
+                   f"of the poisoned - clean difference, averaged over {len(sample_poisoned)} poisons and every "
+                   f"block; circles: the coefficients the attack raises by {config.magnitude:g} on {attacked}")
+        return [("attack_spectrum.png", spectrum_figure(spectrum, config, len(sample_poisoned), title), caption)]
 
     def pattern(self) -> np.ndarray:
         """One window of mid-grey with the trigger: what the trigger looks like (kept with the poisons)."""

@@ -1,6 +1,6 @@
 """benchsuite: a benchmark suite for backdoor attacks and defenses on SSL image encoders."""
 
-from benchsuite.errors import BenchError
+from benchsuite.core.errors import BenchError
 
 __version__ = "0.1.0"
 

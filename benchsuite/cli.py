@@ -11,14 +11,23 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from benchsuite import __version__, distributed
-from benchsuite.config import PRESETS, apply_override, build_config, read_preset, with_method_recipe
-from benchsuite.console import console
-from benchsuite.errors import BenchError
-from benchsuite.malloc import keep_freed_memory
-from benchsuite.registry import SECTIONS, get_registry
-from benchsuite.results import load_results
-from benchsuite.tables import DEFAULT_LAYOUTS, LAYOUTS, latex_table, markdown_table, rich_table, table_width
+from benchsuite import __version__
+from benchsuite.core import distributed
+from benchsuite.core.console import console
+from benchsuite.core.errors import BenchError
+from benchsuite.reporting.results import load_results
+from benchsuite.reporting.tables import (
+    DEFAULT_LAYOUTS,
+    LAYOUTS,
+    latex_table,
+    markdown_table,
+    not_applicable_notes,
+    rich_table,
+    table_width,
+)
+from benchsuite.settings.config import PRESETS, apply_override, build_config, read_preset, with_method_recipe
+from benchsuite.settings.registry import SECTIONS, get_registry
+from benchsuite.tools.malloc import keep_freed_memory
 
 
 def _csv(text: str) -> list[str]:
@@ -207,8 +216,8 @@ def _config_from_args(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from benchsuite.executors import ExecutorSpec
-    from benchsuite.grid import GridRunner
+    from benchsuite.engine.executors import ExecutorSpec
+    from benchsuite.engine.grid import GridRunner
 
     config = _config_from_args(args)
     _check_folder(Path(args.out), "--out")
@@ -217,7 +226,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                             gpus_per_node=args.slurm_gpus, cpus_per_task=args.slurm_cpus)
     runner = GridRunner(config, get_registry(), Path(args.out))
     if args.dry_run:
-        from benchsuite.dryrun import print_plan
+        from benchsuite.engine.dryrun import print_plan
 
         print_plan(runner)
         return 0
@@ -245,6 +254,8 @@ def print_tables(results, fmt: str = "rich", layouts: tuple[str, ...] = DEFAULT_
             frame.to_csv(sys.stdout, index=False)
         else:
             Console(width=max(console.width, table_width(frame))).print(rich_table(frame, title))
+    for line in not_applicable_notes(results):
+        print(line)
 
 
 def cmd_table(args: argparse.Namespace) -> int:
@@ -254,7 +265,7 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from benchsuite.publish import publish
+    from benchsuite.reporting.publish import publish
 
     for path, added in publish(args.run_dir, args.leaderboards).items():
         console.log(f"{path}: {added} new row(s)")
@@ -262,7 +273,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from benchsuite.report import write_report
+    from benchsuite.reporting.report import write_report
 
     path = write_report(args.run_dir, args.output)
     console.log(f"report: {path}")
@@ -271,11 +282,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     if args.gpu_check:
-        from benchsuite.gpu_check import gpu_check
+        from benchsuite.tools.gpu_check import gpu_check
 
         _check_folder(Path(args.out), "--out")
         return gpu_check(Path(args.out) / "gpu-check", args.device)
-    from benchsuite.doctor import doctor
+    from benchsuite.tools.doctor import doctor
 
     if args.seconds <= 0:
         raise BenchError(f"--seconds {args.seconds} must be > 0")
@@ -284,18 +295,20 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_list(_: argparse.Namespace) -> int:
     registry = get_registry()
-    titles = {"attack": "Attacks", "defense": "Defenses", "dataset": "Datasets", "ssl": "SSL methods",
-              "backbone": "Backbones"}
+    titles = {"attack": "Attacks [threat kind]", "defense": "Defenses [kind]", "dataset": "Datasets",
+              "ssl": "SSL methods", "backbone": "Backbones", "threat_protocol": "Threat kinds (their protocols)",
+              "defense_protocol": "Defense kinds (their protocols)"}
     from rich.console import Console
+    from rich.markup import escape
 
     out = Console()
     for section in SECTIONS:
-        table = Table(title=titles[section], title_justify="left")
+        table = Table(title=escape(titles[section]), title_justify="left")
         for column in ("name", "plugin", "description"):
             table.add_column(column)
         for entry in sorted(registry.items[section].values(), key=lambda e: e.name):
-            kind = getattr(entry.obj, "kind", None)
-            desc = f"[{kind}] {entry.description}" if section == "defense" and kind else entry.description
+            kind = getattr(entry.obj, {"defense": "kind", "attack": "threat"}.get(section, ""), None)
+            desc = escape(f"[{kind}] {entry.description}" if kind else entry.description)
             table.add_row(entry.name, entry.plugin, desc)
         out.print(table)
     if registry.failed:

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from benchsuite.api import Defense
-from benchsuite.errors import BenchError
-from benchsuite.hookspecs import hookimpl
+from benchsuite.api.hookspecs import hookimpl
+from benchsuite.core.errors import BenchError
 from benchsuite.ssl.augment import AugmentConfig
 from benchsuite.ssl.base import SSLMethod
 

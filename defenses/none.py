@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from benchsuite.api import Defense
-from benchsuite.hookspecs import hookimpl
+from benchsuite.api.hookspecs import hookimpl
 
 
 @dataclass(frozen=True)

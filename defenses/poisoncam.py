@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from benchsuite.api import Defense, Detection
-from benchsuite.hookspecs import hookimpl
+from benchsuite.api.hookspecs import hookimpl
 from benchsuite.poison_search import MaskingLocator, filter_config, run_filter
 from benchsuite.poison_search.defaults import FilterDefenseConfig
 

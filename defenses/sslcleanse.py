@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from benchsuite.api import Defense, Verdict
-from benchsuite.errors import BenchError
-from benchsuite.hookspecs import hookimpl
+from benchsuite.api import Defense, ReversedTrigger, Verdict
+from benchsuite.api.hookspecs import hookimpl
+from benchsuite.core.errors import BenchError
 from benchsuite.sslcleanse.codec import decode_trigger
 from benchsuite.sslcleanse.config import SSLCleanseConfig, detection_options, validate
 from benchsuite.sslcleanse.detector import detect, sample_indices
@@ -23,7 +23,8 @@ from benchsuite.sslcleanse.mitigator import mitigate_encoder
 
 class SSLCleanse(Defense):
     name = "sslcleanse"
-    kind = "model"
+    kind = "detector"  # that also repairs: its protocol evaluates the repaired encoder
+    score_name = "anomaly_index"
     Config = SSLCleanseConfig
     description = "SSL-Cleanse: SWK clustering + per-cluster trigger inversion + MAD test; distillation mitigator"
 
@@ -33,14 +34,20 @@ class SSLCleanse(Defense):
     def inspect_options(self) -> dict:
         return detection_options(self.config)
 
-    def mitigate(self, ctx, verdict: Verdict) -> nn.Module | None:
+    def reversed_trigger(self, verdict: Verdict) -> ReversedTrigger | None:
+        if "trigger" not in verdict.extras:
+            return None
+        return ReversedTrigger(*decode_trigger(verdict.extras["trigger"]))
+
+    def repair(self, ctx, verdict: Verdict | None) -> nn.Module | None:
         cfg = self.config
         validate(cfg)
-        if cfg.mitigate_when == "never" or (cfg.mitigate_when == "trojaned" and not verdict.trojaned):
+        if cfg.mitigate_when == "never" or (cfg.mitigate_when == "trojaned" and not (verdict and verdict.trojaned)):
             return None
-        if "trigger" not in verdict.extras:
+        trigger = self.reversed_trigger(verdict) if verdict is not None else None
+        if trigger is None:
             raise BenchError("sslcleanse: the verdict carries no reversed trigger: rerun the detection")
-        mask, pattern = decode_trigger(verdict.extras["trigger"])
+        mask, pattern = trigger.mask, trigger.pattern
         if mask.shape != ctx.images.shape[1:3]:
             raise BenchError(f"sslcleanse: reversed trigger of {mask.shape} for images of {ctx.images.shape[1:3]}: "
                              "rerun the detection on these images")

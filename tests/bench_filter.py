@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from benchsuite.backbones import small_resnet
-from benchsuite.clustering import kmeans
+from benchsuite.core.clustering import kmeans
 from benchsuite.data.synthetic import make_synthetic
 from benchsuite.eval.features import extract_features
+from benchsuite.nets.backbones import small_resnet
 from benchsuite.poison_search import EncoderRunner, FlipTest, GradCamLocator, MaskingLocator, flip_set
 from tests.fixtures_planted import single_thread
 

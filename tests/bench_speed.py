@@ -14,7 +14,7 @@ import torch
 from benchsuite.data.synthetic import make_synthetic
 from benchsuite.eval.features import extract_features
 from benchsuite.eval.probe import ProbeConfig, fit_probe
-from benchsuite.registry import get_registry
+from benchsuite.settings.registry import get_registry
 from benchsuite.ssl.augment import AugmentConfig, augment, to_float
 
 BATCH = 256

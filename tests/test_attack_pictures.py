@@ -7,17 +7,16 @@ import json
 import numpy as np
 from matplotlib.image import imread
 
-from benchsuite.attack_pictures import (
+from benchsuite.attacks.htba import HTBA, HTBAConfig
+from benchsuite.attacks.multi_target import MultiTarget, MultiTargetConfig
+from benchsuite.attacks.spectral import Spectral, difference_spectrum
+from benchsuite.cli import main
+from benchsuite.reporting.attack_pictures import (
     MANIFEST,
     amplified_difference,
-    difference_spectrum,
     pick_poisons,
     save_attack_pictures,
 )
-from benchsuite.attacks.htba import HTBA, HTBAConfig
-from benchsuite.attacks.multi_target import MultiTarget, MultiTargetConfig
-from benchsuite.attacks.spectral import Spectral
-from benchsuite.cli import main
 
 
 def _pictures(tmp_path, attack, splits, targets):

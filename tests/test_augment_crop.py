@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchsuite.cache import stable_hash
-from benchsuite.errors import BenchError
+from benchsuite.core.cache import stable_hash
+from benchsuite.core.errors import BenchError
 from benchsuite.ssl.augment import AugmentConfig, random_resized_crop
 from benchsuite.ssl.trainer import TrainConfig
 

@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from benchsuite import pipeline
 from benchsuite.cli import main
 from benchsuite.data.synthetic import make_synthetic
+from benchsuite.stages import features as features_stage
+from benchsuite.stages import pretrain as pretrain_stage
 
 
 def _results(out):
@@ -102,8 +103,8 @@ def test_touching_the_dataset_reloads_it_but_retrains_nothing(tmp_path, tiny_arg
     def no_training(*args, **kwargs):
         raise AssertionError("a stage that depends on the data's content only was recomputed")
 
-    monkeypatch.setattr(pipeline, "pretrain", no_training)
-    monkeypatch.setattr(pipeline, "extract_features", no_training)
+    monkeypatch.setattr(pretrain_stage, "pretrain", no_training)
+    monkeypatch.setattr(features_stage, "extract_features", no_training)
     assert main(argv) == 0
     assert len(_done(out, "dataset")) == 2
     pd.testing.assert_frame_equal(first, _results(out))
@@ -123,7 +124,7 @@ def test_same_relative_data_path_from_two_working_directories(tmp_path, tiny_arg
 
 
 def test_atomic_write_respects_the_umask(tmp_path):
-    from benchsuite.checkpoint import atomic_write
+    from benchsuite.core.checkpoint import atomic_write
 
     old = os.umask(0o022)
     try:
@@ -139,7 +140,7 @@ def test_temp_files_of_a_killed_writer_are_removed(tmp_path):
     import subprocess
     import sys
 
-    from benchsuite.checkpoint import sweep_temp_files
+    from benchsuite.core.checkpoint import sweep_temp_files
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     host = socket.gethostname().replace(".", "_")
@@ -161,8 +162,8 @@ def test_a_missing_trigger_is_still_a_one_line_error(tmp_path, tiny_args, capsys
 def test_a_grid_option_added_later_moves_the_run_directory_only_when_set():
     from dataclasses import replace
 
-    from benchsuite.config import build_config, read_preset
-    from benchsuite.grid import run_id
+    from benchsuite.engine.grid import run_id
+    from benchsuite.settings.config import build_config, read_preset
 
     config = build_config(read_preset("smoke"))
     # the smoke run directory of the releases before grid.removal_control existed, so their runs resume

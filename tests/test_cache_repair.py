@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 
 from benchsuite.api import Defense, Detection, Verdict
-from benchsuite.cache import StageCache
 from benchsuite.cli import main
-from benchsuite.registry import Entry, get_registry
-from benchsuite.results import TIMING_COLUMNS
+from benchsuite.core.cache import StageCache
+from benchsuite.reporting.results import TIMING_COLUMNS
+from benchsuite.settings.registry import Entry, get_registry
 from tests.conftest import TINY_OVERRIDES
 
 
@@ -41,17 +41,17 @@ class _CopyingModelDefense(Defense):
     """A fast model defense: flags every encoder and 'repairs' it into a copy."""
 
     name = "test-model"
-    kind = "model"
+    kind = "detector"
     Config = _NoOptions
 
     def inspect(self, ctx) -> Verdict:
-        return Verdict(True, 3.0, 0)
+        return Verdict(True, 3.0, flagged=0)
 
-    def mitigate(self, ctx, verdict):
+    def repair(self, ctx, verdict):
         return copy.deepcopy(ctx.encoder)
 
 
-# stage kind -> the file its load reads (every stage Pipeline caches)
+# stage kind -> the file its load reads (every stage the cache holds)
 STAGE_FILES = {"dataset": "train_x.npy", "poison": "rows.npy", "patched": "images.npy",
                "pretrain": "encoder.safetensors", "features": "features.npy", "probe": "metrics.json",
                "detect": "detection.npz", "inspect": "verdict.json", "mitigate": "encoder.safetensors"}
@@ -157,7 +157,7 @@ def _pretrain_rank(rank: int, port: int, out: str) -> None:
 
     import torch
 
-    from benchsuite import distributed
+    from benchsuite.core import distributed
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
                       LOCAL_RANK=str(rank))

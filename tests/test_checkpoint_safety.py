@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchsuite.checkpoint import load_tensors
 from benchsuite.cli import main
-from benchsuite.errors import BenchError
+from benchsuite.core.checkpoint import load_tensors
+from benchsuite.core.errors import BenchError
 
 
 class _RunsCode:

@@ -9,10 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from benchsuite import pipeline
-from benchsuite.cache import StageCache
 from benchsuite.cli import main
-from benchsuite.results import TIMING_COLUMNS
+from benchsuite.core.cache import StageCache
+from benchsuite.reporting.results import TIMING_COLUMNS
+from benchsuite.stages import features as features_stage
+from benchsuite.stages import pretrain as pretrain_stage
+from benchsuite.stages import probe as probe_stage
 from tests.conftest import TINY_OVERRIDES
 
 
@@ -40,9 +42,9 @@ def _no_recompute(monkeypatch) -> list[tuple[str, str]]:
     def no_training(*args, **kwargs):
         raise AssertionError("a cached stage was recomputed")
 
-    monkeypatch.setattr(pipeline, "pretrain", no_training)
-    monkeypatch.setattr(pipeline, "extract_features", no_training)
-    monkeypatch.setattr(pipeline, "fit_probe", no_training)
+    monkeypatch.setattr(pretrain_stage, "pretrain", no_training)
+    monkeypatch.setattr(features_stage, "extract_features", no_training)
+    monkeypatch.setattr(probe_stage, "fit_probe", no_training)
     served: list[tuple[str, str]] = []
     run = StageCache.run
 
@@ -67,7 +69,7 @@ def test_second_run_is_served_from_the_cell_files(tmp_path, tiny_args, monkeypat
 
 
 def test_cell_rows_of_an_older_row_version_are_rebuilt_from_the_cached_stages(tmp_path, tiny_args, monkeypatch):
-    import benchsuite.grid as grid
+    import benchsuite.engine.grid as grid
 
     assert main(["run", *tiny_args]) == 0
     first = pd.read_csv(_run_dir(tmp_path) / "results.csv")
@@ -148,7 +150,7 @@ def test_checkpoint_with_zero_epochs_evaluates_it(tmp_path):
     from safetensors.torch import load_file, save_file
 
     from benchsuite.eval.features import extract_features
-    from benchsuite.registry import get_registry
+    from benchsuite.settings.registry import get_registry
 
     torch.manual_seed(1234)  # not the run's seed: weights the run would not build itself
     backbone = get_registry().get("backbone", "resnet18")(32, width=8, stem_stride=2)

@@ -13,15 +13,15 @@ import pytest
 import torch
 from torch import nn
 
-from benchsuite import cost
-from benchsuite.cache import StageCache
 from benchsuite.cli import main, print_tables
-from benchsuite.clustering import kmeans
-from benchsuite.cost import COST_COLUMNS, StageCost, row_costs
+from benchsuite.core import cost
+from benchsuite.core.cache import StageCache
+from benchsuite.core.clustering import kmeans
+from benchsuite.core.cost import COST_COLUMNS, StageCost, row_costs
 from benchsuite.poison_search import EncoderRunner, FlipTest, MaskingLocator
-from benchsuite.publish import leaderboard_rows
-from benchsuite.report import write_report
-from benchsuite.tables import cost_frame
+from benchsuite.reporting.publish import leaderboard_rows
+from benchsuite.reporting.report import write_report
+from benchsuite.reporting.tables import cost_frame
 
 
 def _stage(wall: float, forwards: int = 0, rss: float = 100.0, cuda: float | None = None) -> StageCost:

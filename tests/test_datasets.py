@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchsuite.core.errors import BenchError
 from benchsuite.data.loaders import load_cifar10, load_imagefolder, load_npz, load_synthetic
-from benchsuite.errors import BenchError
 
 
 def test_generated_default_is_balanced_and_deterministic():
@@ -81,7 +81,7 @@ def test_imagefolder_class_list_picks_a_sorted_subset(tmp_path):
 
 
 def test_results_name_a_folder_dataset_after_its_folder():
-    from benchsuite.config import DatasetSpec
+    from benchsuite.settings.config import DatasetSpec
 
     assert DatasetSpec("npz", "../data/cifar10").label == "cifar10"
     assert DatasetSpec("imagefolder", "/data/imagenet100/").label == "imagenet100"
@@ -115,14 +115,14 @@ def test_imagefolder_records_the_native_geometry_and_val_resize(tmp_path):
 
 
 def test_dataset_cache_keeps_the_native_geometry(tmp_path):
-    from benchsuite.config import build_config
-    from benchsuite.pipeline import Pipeline
-    from benchsuite.registry import get_registry
+    from benchsuite.settings.config import build_config
+    from benchsuite.settings.registry import get_registry
+    from benchsuite.stages import Stages
 
     _write_folder(tmp_path / "data", [(120, 80)], np.random.default_rng(0))
     config = build_config({"dataset": {"name": "imagefolder", "path": str(tmp_path / "data"),
                                        "options": {"image_size": 40}}, "device": "cpu"})
-    fresh = Pipeline(config, get_registry(), tmp_path / "cache").splits()
-    cached = Pipeline(config, get_registry(), tmp_path / "cache").splits()  # loaded from the stage cache
+    fresh = Stages(config, get_registry(), tmp_path / "cache").splits()
+    cached = Stages(config, get_registry(), tmp_path / "cache").splits()  # loaded from the stage cache
     np.testing.assert_array_equal(cached.train.native_geometry, fresh.train.native_geometry)
     np.testing.assert_array_equal(cached.val.native_geometry, fresh.val.native_geometry)

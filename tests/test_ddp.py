@@ -18,11 +18,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from benchsuite import distributed
-from benchsuite.cache import StageCache
+from benchsuite.core import distributed
+from benchsuite.core.cache import StageCache
 from benchsuite.data.synthetic import make_synthetic
 from benchsuite.defenses.icutmix import ICutMix
-from benchsuite.registry import get_registry
+from benchsuite.settings.registry import get_registry
 from benchsuite.ssl.trainer import TrainConfig, loss_history, pretrain
 from tests.test_ssl_methods import build
 

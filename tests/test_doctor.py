@@ -9,16 +9,16 @@ import pytest
 import torch
 from torch import nn
 
-from benchsuite import gpu_check
 from benchsuite.cli import main
-from benchsuite.clustering import Clusters, centre_index
-from benchsuite.config import apply_override, build_config, read_preset
+from benchsuite.core.clustering import Clusters, centre_index
 from benchsuite.poison_search.encoding import EncoderRunner
 from benchsuite.poison_search.locators import Located
 from benchsuite.poison_search.search import SearchConfig, iterative_search, survivors
-from benchsuite.projection import Measurements, data_shape, project, scored_images
-from benchsuite.registry import get_registry
-from benchsuite.throughput import Rate, timed_rate
+from benchsuite.settings.config import apply_override, build_config, read_preset
+from benchsuite.settings.registry import get_registry
+from benchsuite.tools import gpu_check
+from benchsuite.tools.projection import Measurements, data_shape, project, scored_images
+from benchsuite.tools.throughput import Rate, timed_rate
 
 TINY = ["--set", "ssl.backbone_options.width=8", "--set", "train.batch_size=16", "--seconds", "0.5"]
 

@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from benchsuite.api import Detection, config_from_options
+from benchsuite.api import DefenseContext, Detection, config_from_options
+from benchsuite.core.errors import BenchError
 from benchsuite.defenses.patchsearch import PatchSearch, PatchSearchConfig
 from benchsuite.defenses.patchsearch import benchsuite_defenses as patchsearch_plugin
 from benchsuite.defenses.poisoncam import PoisonCAM, PoisonCAMConfig
 from benchsuite.defenses.poisoncam import benchsuite_defenses as poisoncam_plugin
-from benchsuite.errors import BenchError
 from benchsuite.eval.features import extract_features
-from benchsuite.pipeline import DefenseContext
 from benchsuite.poison_search import box_iou
 from tests.fixtures_planted import PooledOnly, planted_data, planted_encoder, single_thread
 
@@ -156,10 +155,10 @@ def test_filter_that_finds_no_trigger_flags_no_new_image(planted, tmp_path):
 def test_grid_reports_the_pasting_control_and_poisoncam_window_accuracy(tmp_path, tiny_args, capsys, monkeypatch):
     import pandas as pd
 
-    from benchsuite.cache import StageCache
     from benchsuite.cli import main
-    from benchsuite.console import console
-    from benchsuite.tables import table2_frame
+    from benchsuite.core.cache import StageCache
+    from benchsuite.core.console import console
+    from benchsuite.reporting.tables import table2_frame
 
     argv = ["run", "--defense", "poisoncam", "--no-reference", "--removal-control", *tiny_args]
     for item in ("num_masks=8", "flip_set_size=10", "classifier_iterations=10", "classifier_models=1",

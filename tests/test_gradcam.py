@@ -9,13 +9,13 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from benchsuite.backbones import benchsuite_backbones
-from benchsuite.clustering import kmeans
-from benchsuite.console import LOG_ENV
+from benchsuite.api import DefenseContext
+from benchsuite.core.clustering import kmeans
+from benchsuite.core.console import LOG_ENV
+from benchsuite.core.errors import BenchError
 from benchsuite.defenses.patchsearch import PatchSearch, PatchSearchConfig
-from benchsuite.errors import BenchError
 from benchsuite.eval.features import extract_features
-from benchsuite.pipeline import DefenseContext
+from benchsuite.nets.builtin import benchsuite_backbones
 from benchsuite.poison_search import EncoderRunner, GradCamLocator, box_iou
 from benchsuite.poison_search.gradcam import kmeans_gradcam, resolve_cam_layer
 from tests.fixtures_planted import PlantedEncoder, planted_data, single_thread

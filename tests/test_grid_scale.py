@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from benchsuite.results import TIMING_COLUMNS
+from benchsuite.reporting.results import TIMING_COLUMNS
 from tests.conftest import TINY_OVERRIDES
 
 # two cells (seeds 0 and 1) and the clean reference: four encoders of three epochs each

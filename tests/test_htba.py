@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from benchsuite.attacks.htba import HTBA, HTBAConfig
-from benchsuite.errors import BenchError
+from benchsuite.core.errors import BenchError
 
 
 def _attack(**kw) -> HTBA:
@@ -166,8 +166,8 @@ def test_paper_preset_names_its_trigger_and_asks_for_the_file(tmp_path, monkeypa
     from PIL import Image
 
     from benchsuite.cli import _config_from_args, main, parser
-    from benchsuite.grid import GridRunner
-    from benchsuite.registry import get_registry
+    from benchsuite.engine.grid import GridRunner
+    from benchsuite.settings.registry import get_registry
 
     monkeypatch.chdir(tmp_path)
     argv = ["run", "--preset", "paper", "--data-path", str(tmp_path), "--out", str(tmp_path / "runs"),

@@ -10,17 +10,18 @@ import pandas as pd
 import pytest
 import torch
 
-from benchsuite import pipeline
 from benchsuite.api import Defense, Detection, config_from_options
+from benchsuite.api.hookspecs import hookimpl
 from benchsuite.cli import main
-from benchsuite.config import apply_override, build_config, read_preset
+from benchsuite.core.errors import BenchError
 from benchsuite.defenses.icutmix import ICutMix, ICutMixConfig, ICutMixMethod, draw_box
-from benchsuite.errors import BenchError
-from benchsuite.grid import GridRunner, cells
-from benchsuite.hookspecs import hookimpl
-from benchsuite.registry import build_registry, discover_plugins, get_registry
+from benchsuite.engine.grid import GridRunner, cells
+from benchsuite.settings.config import apply_override, build_config, read_preset
+from benchsuite.settings.registry import build_registry, discover_plugins, get_registry
 from benchsuite.ssl.base import SSLMethod
 from benchsuite.ssl.trainer import TrainConfig, pretrain
+from benchsuite.stages import Stages
+from benchsuite.stages import pretrain as pretrain_stage
 from tests.conftest import TINY_OVERRIDES
 from tests.test_ssl_methods import build
 
@@ -182,7 +183,7 @@ def test_resume_with_icutmix_matches_an_uninterrupted_run(tiny_splits, tmp_path)
 def trace(monkeypatch):
     """What the pipeline did, in order: ("detect", defense) and ("pretrain", images, method class)."""
     events = []
-    real_pretrain, real_detect = pipeline.pretrain, pipeline.Pipeline.detect
+    real_pretrain, real_detect = pretrain_stage.pretrain, Stages.detect
 
     def pretrain_spy(method, images, *args, **kwargs):
         events.append(("pretrain", len(images), type(method).__name__))
@@ -192,8 +193,8 @@ def trace(monkeypatch):
         events.append(("detect", defense.name))
         return real_detect(self, defense, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "pretrain", pretrain_spy)
-    monkeypatch.setattr(pipeline.Pipeline, "detect", detect_spy)
+    monkeypatch.setattr(pretrain_stage, "pretrain", pretrain_spy)
+    monkeypatch.setattr(Stages, "detect", detect_spy)
     return events
 
 

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-from benchsuite.cache import keyed_fields
 from benchsuite.cli import main
-from benchsuite.registry import get_registry
+from benchsuite.core.cache import keyed_fields
+from benchsuite.settings.registry import get_registry
 from benchsuite.ssl.trainer import TrainConfig, pretrain
 
 METRICS = ["clean_acc", "clean_asr", "patched_acc", "patched_asr", "patched_fp"]

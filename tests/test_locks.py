@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchsuite.cache import StageCache
+from benchsuite.core.cache import StageCache
 from tests.conftest import TINY_OVERRIDES
 
 STAGE, KEY = "pretrain", "k0"

@@ -8,14 +8,14 @@ import sys
 
 import pytest
 
-from benchsuite.malloc import ENV_THRESHOLDS, OPT_OUT
+from benchsuite.tools.malloc import ENV_THRESHOLDS, OPT_OUT
 
 # allocate, touch and free 64 MiB tensors (above glibc's largest dynamic mmap threshold, 32 MiB);
 # print this process's minor page faults over the last 30 rounds. The first rounds are left out:
 # while the heap grows, even a tuned process faults a few buffers in (8-10 of 40 on some machines).
 PROBE = """
 import resource, sys
-from benchsuite.malloc import keep_freed_memory
+from benchsuite.tools.malloc import keep_freed_memory
 took = keep_freed_memory() if sys.argv[1] == "tuned" else False
 import torch
 torch.zeros(1)
@@ -52,7 +52,7 @@ def test_opt_out_keeps_glibc_defaults():
 
 
 def test_worker_processes_inherit_the_thresholds():
-    probe = "from benchsuite.malloc import keep_freed_memory as k; import os, sys; k(); " \
+    probe = "from benchsuite.tools.malloc import keep_freed_memory as k; import os, sys; k(); " \
             "print(os.environ['MALLOC_MMAP_THRESHOLD_'], os.environ['MALLOC_TRIM_THRESHOLD_'])"
     clean = {k: v for k, v in os.environ.items() if k not in ENV_THRESHOLDS and k != OPT_OUT}
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=clean)

@@ -12,11 +12,11 @@ import pytest
 from benchsuite.attacks.htba import HTBA, HTBAConfig
 from benchsuite.attacks.multi_target import MultiTarget, MultiTargetConfig
 from benchsuite.cli import main
-from benchsuite.config import GridSpec, RunConfig
-from benchsuite.errors import BenchError
+from benchsuite.core.errors import BenchError
+from benchsuite.engine.grid import cells
 from benchsuite.eval.detection import per_target_detection, retrieval_curve
-from benchsuite.eval.retrieval_plot import save_retrieval
-from benchsuite.grid import cells
+from benchsuite.reporting.retrieval_plot import save_retrieval
+from benchsuite.settings.config import GridSpec, RunConfig
 
 
 def _attack(**kw) -> MultiTarget:
@@ -321,16 +321,16 @@ def test_cli_trigger_dir(tmp_path, tiny_args, capsys):
 def test_patched_confusion_row_in_a_tiny_run(tmp_path):
     import json
 
-    from benchsuite.config import apply_override, build_config, read_preset
-    from benchsuite.pipeline import Cell, Encoder, Pipeline
-    from benchsuite.registry import get_registry
-    from benchsuite.results import load_results, save_results
+    from benchsuite.reporting.results import load_results, save_results
+    from benchsuite.settings.config import apply_override, build_config, read_preset
+    from benchsuite.settings.registry import get_registry
+    from benchsuite.stages import Cell, Encoder, Stages
     from tests.conftest import TINY_OVERRIDES
 
     data = read_preset("smoke")
     for item in [*TINY_OVERRIDES, "probe.seeds=[1, 2]", "device=cpu"]:
         apply_override(data, item)
-    pipeline = Pipeline(build_config(data), get_registry(), tmp_path / "cache")
+    pipeline = Stages(build_config(data), get_registry(), tmp_path / "cache")
     encoder = Encoder("untrained", pipeline.build_method().backbone)  # any encoder: the row is bookkeeping
     rows = pipeline.evaluate(encoder, Cell("multi_target", (0, 1, 2), 1.0, 0))
     for row in rows:
@@ -341,7 +341,7 @@ def test_patched_confusion_row_in_a_tiny_run(tmp_path):
     # a probe cached before the column is probed again, not read back without it
     cached = next((tmp_path / "cache" / "probe").glob("*/metrics.json"))
     cached.write_text(json.dumps([{k: v for k, v in row.items() if k != "patched_confusion"} for row in rows]))
-    again = Pipeline(build_config(data), get_registry(), tmp_path / "cache").evaluate(
+    again = Stages(build_config(data), get_registry(), tmp_path / "cache").evaluate(
         encoder, Cell("multi_target", (0, 1, 2), 1.0, 0))
     assert [row["patched_confusion"] for row in again] == [row["patched_confusion"] for row in rows]
     # stored in results.csv as a JSON list, one per results row
@@ -352,14 +352,14 @@ def test_patched_confusion_row_in_a_tiny_run(tmp_path):
 
 
 def test_poison_key_changes_only_for_the_default_trigger(tmp_path):
-    from benchsuite.config import build_config
-    from benchsuite.pipeline import Cell, Pipeline
-    from benchsuite.registry import get_registry
+    from benchsuite.settings.config import build_config
+    from benchsuite.settings.registry import get_registry
+    from benchsuite.stages import Cell, Stages
 
     def key(options: dict) -> str:
         config = build_config({"dataset": {"name": "synthetic", "options": {"train_per_class": 4, "val_per_class": 2}},
                                "attack": {"multi_target": options}, "device": "cpu"})
-        return Pipeline(config, get_registry(), tmp_path / "cache").poison_key(Cell("multi_target", (0, 1, 2), 1.0, 0))
+        return Stages(config, get_registry(), tmp_path / "cache").poison_key(Cell("multi_target", (0, 1, 2), 1.0, 0))
 
     # pinned: the key the suite gave this cell before issue #14, when 'random' was the default trigger
     assert key({"trigger": "random"}) == "c3811c2e3576f9e7"

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchsuite.clustering import kmeans
-from benchsuite.errors import BenchError
+from benchsuite.core.clustering import kmeans
+from benchsuite.core.errors import BenchError
 from benchsuite.eval.features import extract_features
 from benchsuite.poison_search import (
     EncoderRunner,
@@ -333,7 +333,7 @@ class _Constant(torch.nn.Module):
 
 
 def test_code_compat_assigns_pasted_images_by_raw_features():
-    from benchsuite.clustering import Clusters, centre_index
+    from benchsuite.core.clustering import Clusters, centre_index
 
     centres = np.array([[1.0, 0.0], [0.2, 0.0]], dtype=np.float32)  # unit feature -> 0, raw (0.1, 0) -> 1
     index, _ = centre_index(centres, use_gpu=False)
@@ -351,7 +351,7 @@ def test_code_compat_assigns_pasted_images_by_raw_features():
 
 
 def test_code_compat_gradcam_target_is_the_argmax_over_cluster_means():
-    from benchsuite.clustering import Clusters, centre_index
+    from benchsuite.core.clustering import Clusters, centre_index
     from benchsuite.poison_search.search import mean_centre_targets
 
     feats = np.array([[1, 0], [0.8, 0.6], [0, 1], [0.1, 1], [1, 1]], dtype=np.float32)
@@ -389,8 +389,8 @@ class RecordingLocator:
 
 
 def test_saved_attention_maps_are_the_ones_the_windows_came_from(planted, tmp_path):
+    from benchsuite.api import DefenseContext
     from benchsuite.defenses.poisoncam import PoisonCAMConfig
-    from benchsuite.pipeline import DefenseContext
     from benchsuite.poison_search import filter_config, run_filter
 
     p, runner, _ = planted

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from benchsuite.console import PlainProgress
+from benchsuite.core.console import PlainProgress
 from tests.conftest import TINY_OVERRIDES
 
 
@@ -86,7 +86,7 @@ def test_plain_lines_are_never_wrapped_at_the_log_width(monkeypatch):
 
     from rich.console import Console
 
-    from benchsuite import console as console_module
+    from benchsuite.core import console as console_module
 
     sink = io.StringIO()
     monkeypatch.setattr(console_module, "console", Console(file=sink, width=40, force_terminal=False))

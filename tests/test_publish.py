@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from benchsuite.checkpoint import save_json
 from benchsuite.cli import main
-from benchsuite.publish import COLUMNS, escape_cell, publish
-from benchsuite.results import save_results
+from benchsuite.core.checkpoint import save_json
+from benchsuite.reporting.publish import COLUMNS, escape_cell, publish
+from benchsuite.reporting.results import save_results
 
 PROVENANCE = {"suite_version": "0.2.0", "git_commit": "abc123", "torch_version": "2.x", "hardware": "CPU test",
               "date": "2026-11-23T00:00:00+00:00"}
@@ -105,7 +105,7 @@ def test_report_is_one_self_contained_page(tmp_path):
     run = fake_run(tmp_path / "run", seeds=[0, 1])
     figure = run / "figures" / "htba_t0_r1_s0"
     figure.mkdir(parents=True)
-    from benchsuite.report import asr_summary
+    from benchsuite.reporting.report import asr_summary
 
     asr_summary(pd.read_csv(run / "results.csv"), figure / "poisoncam_patches.png")  # any real PNG
     assert main(["report", str(run)]) == 0

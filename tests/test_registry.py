@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from benchsuite.api import Attack, Defense
-from benchsuite.errors import BenchError
-from benchsuite.hookspecs import hookimpl
-from benchsuite.registry import build_registry, get_registry
+from benchsuite.api.hookspecs import hookimpl
+from benchsuite.core.errors import BenchError
+from benchsuite.settings.registry import build_registry, get_registry
 
 REGISTRY = get_registry()
 
@@ -83,7 +83,7 @@ def test_every_attack_poisons_deterministically(name, tiny_splits):
 def test_every_defense_declares_a_kind_and_a_config(name):
     cls = REGISTRY.get("defense", name)
     assert issubclass(cls, Defense)
-    assert cls.kind in ("none", "filter", "training", "model")
+    assert cls.kind in ("none", "filter", "training", "detector", "repairer")
     assert dataclasses.is_dataclass(cls.Config)
 
 
@@ -114,7 +114,7 @@ def test_every_backbone_returns_pooled_features(name):
 
 
 def test_a_preset_extends_another_and_options_tables_replace(tmp_path):
-    from benchsuite.config import build_config, read_preset
+    from benchsuite.settings.config import build_config, read_preset
 
     child = tmp_path / "child.toml"
     child.write_text('extends = "paper"\n[ssl]\nmethod = "byol"\n[ssl.method_options]\ntau = 0.9\n'

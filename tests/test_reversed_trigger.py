@@ -17,8 +17,8 @@ from benchsuite.eval.reversed_trigger import (
     save_trigger_comparison,
     trigger_agreement,
 )
-from benchsuite.sslcleanse.codec import encode_trigger
-from benchsuite.tables import encoders_frame
+from benchsuite.reporting.tables import encoders_frame
+from benchsuite.sslcleanse.codec import decode_trigger, encode_trigger
 
 SIZE, SIDE = 32, 8
 
@@ -112,8 +112,9 @@ def test_judgement_columns_name_the_cluster_and_score_its_trigger():
     clusters = np.array([0, 0, 0, 1, 1, 1, 0, 2, 2])  # cluster 1 = three images of class 1
     boxes = boxes_around(10, 12, n=40)[:40]
     poison_target = np.where(np.arange(40) < 40, 1, -1)
-    out = judgement_columns(extras_for(1, mask, pattern, sample, clusters), labels, {1: trigger}, boxes,
-                            poison_target)
+    extras = extras_for(1, mask, pattern, sample, clusters)
+    found = decode_trigger(extras["trigger"])  # what the defense hands back (SSLCleanse.reversed_trigger)
+    out = judgement_columns(extras, labels, {1: trigger}, boxes, poison_target, reversed_trigger=found)
     assert (out["flagged_label"], out["flagged_is_target"], out["k"]) == (1, True, 3)
     assert out["flagged_label_share"] == 1.0 and out["min_norm"] == 0.01 and out["median_norm"] == 0.2
     assert (out["target_cluster_norm"], out["target_cluster_rank"]) == (0.01, 1)

@@ -15,9 +15,9 @@ from benchsuite.attacks.spectral import (
     block_idct,
     rgb_to_yuv,
 )
+from benchsuite.core.errors import BenchError
 from benchsuite.data.synthetic import make_synthetic
-from benchsuite.errors import BenchError
-from benchsuite.registry import get_registry
+from benchsuite.settings.registry import get_registry
 
 
 def _images(n: int, side: int, lo: int = 0, hi: int = 256, seed: int = 0) -> np.ndarray:

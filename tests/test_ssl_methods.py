@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from benchsuite.api import config_from_options
-from benchsuite.cache import stable_hash
 from benchsuite.cli import main
-from benchsuite.errors import BenchError
-from benchsuite.registry import get_registry
+from benchsuite.core.cache import stable_hash
+from benchsuite.core.errors import BenchError
+from benchsuite.settings.registry import get_registry
 from benchsuite.ssl.augment import AugmentConfig, augment
 from benchsuite.ssl.moco_v3 import sincos_2d
 from benchsuite.ssl.trainer import TrainConfig, batch_sizes, loss_history, pretrain
@@ -171,7 +171,7 @@ def test_sincos_positions():
 
 
 def test_any_timm_vit_gets_a_patch_for_the_image_size():
-    from benchsuite.backbones import timm_backbone
+    from benchsuite.nets.backbones import timm_backbone
 
     vit = timm_backbone("vit_tiny_patch16_224", 32, depth=1)
     assert vit.patch_embed.patch_size == (4, 4) and vit(torch.randn(2, 3, 32, 32)).shape == (2, 192)

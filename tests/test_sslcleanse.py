@@ -10,20 +10,19 @@ import pandas as pd
 import pytest
 import torch
 
-from benchsuite.api import Verdict, config_from_options
+from benchsuite.api import DefenseContext, Verdict, config_from_options
 from benchsuite.cli import main
+from benchsuite.core.errors import BenchError
 from benchsuite.defenses.sslcleanse import SSLCleanse
 from benchsuite.defenses.sslcleanse import benchsuite_defenses as sslcleanse_plugin
-from benchsuite.errors import BenchError
 from benchsuite.eval.features import extract_features
-from benchsuite.pipeline import DefenseContext
+from benchsuite.reporting.tables import dacc_frame
 from benchsuite.sslcleanse.codec import decode_trigger, encode_trigger
 from benchsuite.sslcleanse.config import SSLCleanseConfig
 from benchsuite.sslcleanse.detector import sample_indices
 from benchsuite.sslcleanse.inversion import CostSchedule, invert_triggers
 from benchsuite.sslcleanse.outlier import anomaly_index
 from benchsuite.sslcleanse.swk import choose_k, kneedle, silhouette, sliding_window
-from benchsuite.tables import dacc_frame
 from benchsuite.triggers import paste
 from tests.fixtures_planted import colour_data, pixel_trigger, single_thread, ssl_backdoor_encoder
 
@@ -77,7 +76,7 @@ def target_cluster(data, verdict: Verdict) -> int:
 def test_detector_flags_the_target_cluster(planted, judged):
     data, trigger, _ = planted
     verdict, workdir = judged["trojan"]
-    assert verdict.trojaned and verdict.anomaly_index > 4
+    assert verdict.trojaned and verdict.score > 4
     assert verdict.extras["k"] == data.num_classes  # SWK found the ten hue classes
     assert verdict.flagged == target_cluster(data, verdict)
     assert {p.name for p in workdir.glob("*.png")} == {"swk.png", "triggers.png", "reversed_trigger.png"}
@@ -101,7 +100,7 @@ def test_reversed_trigger_is_a_piece_of_the_true_one(planted, judged):
 def test_clean_encoder_is_not_flagged(judged):
     verdict, workdir = judged["clean"]
     assert not verdict.trojaned and verdict.flagged is None
-    assert verdict.anomaly_index < 1.5 < judged["trojan"][0].anomaly_index - 3
+    assert verdict.score < 1.5 < judged["trojan"][0].score - 3
     assert (workdir / "triggers.png").is_file()
 
 
@@ -120,7 +119,7 @@ def test_mitigation_removes_the_trigger_response(planted, judged, tmp_path):
         return (nearest(extract_features(enc, patched)) == TARGET).mean(), (nearest(feats) == data.labels).mean()
 
     before, acc_before = hits(encoder)
-    repaired = SSLCleanse(SMALL).mitigate(context(data, encoder, tmp_path), verdict)
+    repaired = SSLCleanse(SMALL).repair(context(data, encoder, tmp_path), verdict)
     after, acc_after = hits(repaired)
     assert before > 0.9 and after < 0.2, (before, after)
     assert acc_after >= acc_before - 0.05
@@ -130,11 +129,12 @@ def test_mitigation_removes_the_trigger_response(planted, judged, tmp_path):
 def test_mitigation_follows_the_verdict(planted, tmp_path):
     data, _, encoder = planted
     ctx = context(data, encoder, tmp_path)
-    benign = Verdict(False, 0.5, None, {})
-    assert SSLCleanse(SMALL).mitigate(ctx, benign) is None
-    assert SSLCleanse(replace(SMALL, mitigate_when="never")).mitigate(ctx, Verdict(True, 5.0, 0, {})) is None
+    benign = Verdict(False, 0.5, flagged=None, extras={})
+    assert SSLCleanse(SMALL).repair(ctx, benign) is None
+    trojaned = Verdict(True, 5.0, flagged=0, extras={})
+    assert SSLCleanse(replace(SMALL, mitigate_when="never")).repair(ctx, trojaned) is None
     with pytest.raises(BenchError, match="no reversed trigger"):
-        SSLCleanse(replace(SMALL, mitigate_when="always")).mitigate(ctx, benign)
+        SSLCleanse(replace(SMALL, mitigate_when="always")).repair(ctx, benign)
 
 
 def test_clusters_in_chunks_match_one_batch(planted):
@@ -224,7 +224,7 @@ def test_bad_options_are_one_line_errors(planted, tmp_path):
 
 
 def test_plugin():
-    assert sslcleanse_plugin() == [SSLCleanse] and SSLCleanse.kind == "model"
+    assert sslcleanse_plugin() == [SSLCleanse] and SSLCleanse.kind == "detector"
 
 
 def test_dacc_frame_dedupes_clean_encoders():

@@ -9,20 +9,20 @@ import pytest
 import torch
 from PIL import Image
 
-from benchsuite.cache import array_digest
+from benchsuite.core.cache import array_digest
+from benchsuite.core.errors import BenchError
 from benchsuite.data import loaders
 from benchsuite.data.store import digest, extract_npz_member, is_whole_file, load_splits, save_splits
-from benchsuite.errors import BenchError
-from benchsuite.registry import get_registry
+from benchsuite.settings.registry import get_registry
 from benchsuite.ssl.trainer import TrainConfig, pretrain
 
 
 def _pipeline(tmp_path, dataset=None):
-    from benchsuite.config import build_config
-    from benchsuite.pipeline import Pipeline
+    from benchsuite.settings.config import build_config
+    from benchsuite.stages import Stages
 
     dataset = dataset or {"name": "synthetic", "options": {"train_per_class": 12, "val_per_class": 4}}
-    return Pipeline(build_config({"dataset": dataset, "device": "cpu"}), get_registry(), tmp_path / "cache")
+    return Stages(build_config({"dataset": dataset, "device": "cpu"}), get_registry(), tmp_path / "cache")
 
 
 def test_the_dataset_stage_loads_as_copy_on_write_maps_of_identical_content(tmp_path):
@@ -55,7 +55,7 @@ def test_the_streamed_digest_is_the_array_digest_and_a_truncated_store_raises(tm
 
 
 def test_a_poisoned_set_stores_only_the_changed_rows_over_the_clean_map(tmp_path):
-    from benchsuite.pipeline import Cell
+    from benchsuite.stages import Cell
 
     pipeline = _pipeline(tmp_path)
     splits = pipeline.splits()

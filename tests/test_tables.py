@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from benchsuite.tables import dacc_frame, markdown_table, patchsearch_t2_frame, rich_table, table1_frame
+from benchsuite.reporting.tables import dacc_frame, markdown_table, patchsearch_t2_frame, rich_table, table1_frame
 
 
 def _row(target, seed, defense, patched_asr):

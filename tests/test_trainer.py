@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchsuite.registry import get_registry
+from benchsuite.settings.registry import get_registry
 from benchsuite.ssl.trainer import TrainConfig, lr_at, pretrain
 
 CFG = TrainConfig(epochs=2, batch_size=32, lr=0.1, warmup_epochs=1)

@@ -1,5 +1,5 @@
 """Datasets: uint8 images with labels and class names."""
 
-from benchsuite.data.dataset import ImageDataset, Splits
+from benchsuite.api.data import ImageDataset, Splits
 
 __all__ = ["ImageDataset", "Splits"]

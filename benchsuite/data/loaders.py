@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from benchsuite.data.dataset import ImageDataset, Splits, check_labels
+from benchsuite.api.data import ImageDataset, Splits, check_labels
+from benchsuite.api.hookspecs import hookimpl
+from benchsuite.core.errors import BenchError
 from benchsuite.data.store import decode_into, extract_npz_member, open_partial
 from benchsuite.data.synthetic import make_synthetic
-from benchsuite.errors import BenchError
-from benchsuite.hookspecs import hookimpl
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 DEFAULT_DATA_ROOT = Path.home() / ".cache" / "benchsuite" / "data"

@@ -30,13 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from benchsuite.data.dataset import ImageDataset, Splits
+from benchsuite.api.data import ImageDataset, Splits
 
 _READ = 1 << 22  # bytes hashed or copied at a time
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    from benchsuite.checkpoint import atomic_write  # torch: only in the process that stores
+    from benchsuite.core.checkpoint import atomic_write  # torch: only in the process that stores
 
     atomic_write(path, write)
 
@@ -102,7 +102,7 @@ def _npy_layout(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
 
 
 def digest(*parts: np.ndarray | Path) -> str:
-    """:func:`benchsuite.cache.array_digest` of arrays, where a ``Path`` part is an ``.npy`` file read in chunks.
+    """:func:`benchsuite.core.cache.array_digest` of arrays, where a ``Path`` part is an ``.npy`` file read in chunks.
 
     The same digest as hashing the loaded arrays, without mapping them: hashing a 19 GB store adds
     nothing to the process's resident memory.
@@ -186,7 +186,7 @@ def decode_into(folder: Path, name: str, total: int, row_shape: tuple[int, ...],
     are done the partial files are renamed to ``<name>.npy`` (and ``<key>.npy``) and returned, mapped.
     ``workers`` > 1 decodes in a spawn pool.
     """
-    from benchsuite.console import progress_bar
+    from benchsuite.core.console import progress_bar
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -264,7 +264,7 @@ SPLIT_ARRAYS = ("train_x", "train_y", "val_x", "val_y")
 def save_splits(folder: Path, splits: Splits, with_digest: bool = True) -> str | None:
     """Store ``splits`` in ``folder`` as ``.npy`` files and ``classes.json``; return their content digest.
 
-    The digest is the one :func:`benchsuite.cache.array_digest` gives the arrays (train x/y, val x/y, the
+    The digest is the one :func:`benchsuite.core.cache.array_digest` gives the arrays (train x/y, val x/y, the
     classes as JSON, the geometries), streamed from the files.
     """
     folder = Path(folder)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchsuite.data.dataset import ImageDataset, Splits
+from benchsuite.api.data import ImageDataset, Splits
 
 FAMILIES = ("hstripes", "vstripes", "checker", "rings", "dots")
 PERIODS = (12.0, 4.5)  # pixels per cycle at 32 px, scaled with the image side

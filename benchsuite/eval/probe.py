@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchsuite.errors import BenchError
+from benchsuite.core.errors import BenchError
 
 PROBE_SEEDS = (4787, 4788, 4789, 4790, 4791)  # PatchSearch's five linear-probe runs (spec 1.7)
 

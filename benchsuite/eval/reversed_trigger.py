@@ -156,11 +156,12 @@ def _rectangle(x: int, y: int, side: int):
 
 
 def judgement_columns(extras: dict, labels: np.ndarray, triggers: dict[int, np.ndarray], boxes: np.ndarray,
-                      poison_target: np.ndarray) -> dict[str, float | int | bool]:
+                      poison_target: np.ndarray, reversed_trigger: tuple[np.ndarray, np.ndarray] | None = None,
+                      ) -> dict[str, float | int | bool]:
     """Per-encoder columns from a verdict's ``extras``: the smallest cluster's majority class, whether it is
     an attacked class, and how its reversed trigger matches that class's real one (``triggers`` and the
-    poisons' ``boxes`` / ``poison_target`` of the cell). Empty where the verdict lacks what it needs."""
-    from benchsuite.sslcleanse.codec import decode_trigger
+    poisons' ``boxes`` / ``poison_target`` of the cell; ``reversed_trigger`` the (mask, pattern) the detector
+    reconstructed). Empty where the verdict lacks what it needs."""
 
     out: dict[str, float | int | bool] = {}
     if "norms" in extras:
@@ -174,7 +175,7 @@ def judgement_columns(extras: dict, labels: np.ndarray, triggers: dict[int, np.n
             out.update(target_cluster_columns(sample, clusters, np.asarray(extras["norms"]), labels, set(triggers)))
     target = int(out.get("flagged_label", -1))
     target = target if target in triggers else next(iter(triggers), -1)
-    if "trigger" in extras and has_boxes(boxes[poison_target == target]):  # a patch trigger (not CTRL's)
-        mask, pattern = decode_trigger(extras["trigger"])
+    if reversed_trigger is not None and has_boxes(boxes[poison_target == target]):  # a patch trigger (not CTRL's)
+        mask, pattern = reversed_trigger
         out.update(trigger_agreement(mask, pattern, triggers[target], boxes[poison_target == target]))
     return out

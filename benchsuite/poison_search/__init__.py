@@ -1,6 +1,6 @@
 """The search shared by the PatchSearch and PoisonCAM filter defenses.
 
-cluster (``benchsuite.clustering``) -> locate a candidate trigger per image (a :class:`Locator`:
+cluster (``benchsuite.core.clustering``) -> locate a candidate trigger per image (a :class:`Locator`:
 Grad-CAM or cluster activation masking) -> flip test and iterative search -> poison classifier.
 """
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
-from benchsuite.errors import BenchError
+from benchsuite.core.errors import BenchError
 from benchsuite.poison_search.search import SearchResult
 from benchsuite.ssl.augment import AugmentConfig, color_jitter, normalize, random_grayscale, random_resized_crop
 
@@ -30,7 +30,7 @@ class ClassifierConfig:
     top_p: float  # fraction of the dataset, highest scores first, dropped from the negatives
     models: int  # ensemble size (mean logits)
     width: int  # first-stage channels of the ResNet with BasicBlock layers (1, 1, 1, 1)
-    stem_stride: int  # 2 = 4x cheaper at small cost (see benchsuite.backbones.small_resnet)
+    stem_stride: int  # 2 = 4x cheaper at small cost (see benchsuite.nets.backbones.small_resnet)
     batch_size: int
     lr: float
     momentum: float

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from benchsuite.errors import BenchError
+from benchsuite.core.errors import BenchError
 
 Compat = Literal["paper", "code"]
 COMPAT_MODES: tuple[Compat, ...] = ("paper", "code")

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchsuite.cost import count_forwards
+from benchsuite.core.cost import count_forwards
 from benchsuite.ssl.augment import AugmentConfig, normalize, to_float
 
 

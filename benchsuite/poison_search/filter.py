@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from benchsuite.api import Detection
-from benchsuite.clustering import kmeans
-from benchsuite.errors import BenchError
+from benchsuite.core.clustering import kmeans
+from benchsuite.core.errors import BenchError
 from benchsuite.eval.features import extract_features
 from benchsuite.poison_search.classifier import ClassifierConfig, train_poison_classifier
 from benchsuite.poison_search.encoding import EncoderRunner
@@ -66,7 +66,7 @@ def _sides(cfg: FilterConfig, image_size: int) -> list[int]:
 
 
 def run_filter(ctx: Any, locator: Locator, cfg: FilterConfig) -> Detection:
-    """Run the shared pipeline on a :class:`benchsuite.pipeline.DefenseContext` with ``locator``."""
+    """Run the shared pipeline on a :class:`benchsuite.api.DefenseContext` with ``locator``."""
     images, n = ctx.images, len(ctx.images)
     sides = _sides(cfg, images.shape[1])  # fail fast on bad windows and k
     if 2 * cfg.classifier.top_k > n:

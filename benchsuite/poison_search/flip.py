@@ -7,8 +7,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from benchsuite.clustering import Clusters
-from benchsuite.errors import BenchError
+from benchsuite.core.clustering import Clusters
+from benchsuite.core.errors import BenchError
 from benchsuite.poison_search.defaults import COMPAT_MODES, Compat
 from benchsuite.poison_search.encoding import EncoderRunner
 from benchsuite.poison_search.windows import paste_patches

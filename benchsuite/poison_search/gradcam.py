@@ -30,10 +30,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from benchsuite.backbones import cam_stages, feature_maps, find_module, spatial_features, vit_cam_module
-from benchsuite.clustering import Clusters
-from benchsuite.console import note
-from benchsuite.errors import BenchError
+from benchsuite.core.clustering import Clusters
+from benchsuite.core.console import note
+from benchsuite.core.errors import BenchError
+from benchsuite.nets.backbones import cam_stages, feature_maps, find_module, spatial_features, vit_cam_module
 from benchsuite.poison_search.encoding import EncoderRunner
 from benchsuite.poison_search.locators import Located
 from benchsuite.poison_search.windows import best_windows

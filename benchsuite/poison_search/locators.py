@@ -7,7 +7,7 @@ from typing import Protocol
 
 import numpy as np
 
-from benchsuite.clustering import Clusters
+from benchsuite.core.clustering import Clusters
 from benchsuite.poison_search.encoding import EncoderRunner
 
 

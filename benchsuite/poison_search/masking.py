@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from benchsuite.clustering import Clusters
-from benchsuite.errors import BenchError
+from benchsuite.core.clustering import Clusters
+from benchsuite.core.errors import BenchError
 from benchsuite.poison_search.encoding import EncoderRunner
 from benchsuite.poison_search.locators import Located
 from benchsuite.poison_search.windows import best_windows

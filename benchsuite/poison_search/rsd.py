@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from benchsuite.errors import BenchError
+from benchsuite.core.errors import BenchError
 from benchsuite.poison_search.search import SearchResult
 
 

@@ -8,9 +8,9 @@ from typing import Literal
 
 import numpy as np
 
-from benchsuite.clustering import Clusters, l2_normalize
-from benchsuite.console import progress_bar
-from benchsuite.errors import BenchError
+from benchsuite.core.clustering import Clusters, l2_normalize
+from benchsuite.core.console import progress_bar
+from benchsuite.core.errors import BenchError
 from benchsuite.poison_search.defaults import CLUSTER_SCORES, COMPAT_MODES, Compat
 from benchsuite.poison_search.encoding import EncoderRunner
 from benchsuite.poison_search.flip import FlipScore, FlipTest, flip_set

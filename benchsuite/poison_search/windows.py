@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchsuite.errors import BenchError
+from benchsuite.core.errors import BenchError
 
 
 def window_side(window: float, image_size: int) -> int:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from benchsuite.cache import added_field
-from benchsuite.errors import BenchError
+from benchsuite.core.cache import added_field
+from benchsuite.core.errors import BenchError
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 CROP_TRIES = 10  # torchvision's RandomResizedCrop.get_params: 10 boxes, then a centre crop

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchsuite.backbones import feature_dim
-from benchsuite.errors import BenchError
+from benchsuite.core.errors import BenchError
+from benchsuite.nets.backbones import feature_dim
 
 
 def mlp(dims: list[int], last_bn: bool = False) -> nn.Sequential:
@@ -63,12 +63,13 @@ class SSLMethod(nn.Module):
     mixed view and mixing weights through :meth:`mixed_loss` where a method supports it.
 
     Under torchrun each rank calls :meth:`loss` on its share of the global batch; methods with
-    negatives gather them with :mod:`benchsuite.distributed` (identity on one process).
+    negatives gather them with :mod:`benchsuite.core.distributed` (identity on one process).
     """
 
     name: ClassVar[str]
     Config: ClassVar[type]
     description: ClassVar[str] = ""
+    version: ClassVar[int] = 0  # code version: enters the pretraining key; bump when the loss changes
     # set by the trainer every epoch: the (seed, epoch) generator, for randomness inside loss()
     generator: torch.Generator | None = None
 

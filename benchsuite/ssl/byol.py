@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from benchsuite.cache import added_field
-from benchsuite.hookspecs import hookimpl
+from benchsuite.api.hookspecs import hookimpl
+from benchsuite.core.cache import added_field
 from benchsuite.ssl.base import (
     SSLMethod,
     cosine_to_one,

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from benchsuite import distributed
-from benchsuite.errors import BenchError
-from benchsuite.hookspecs import hookimpl
+from benchsuite.api.hookspecs import hookimpl
+from benchsuite.core import distributed
+from benchsuite.core.errors import BenchError
 from benchsuite.ssl.base import (
     SSLMethod,
     cosine_to_one,

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchsuite import distributed
-from benchsuite.cache import added_field
-from benchsuite.errors import BenchError
-from benchsuite.hookspecs import hookimpl
+from benchsuite.api.hookspecs import hookimpl
+from benchsuite.core import distributed
+from benchsuite.core.cache import added_field
+from benchsuite.core.errors import BenchError
 from benchsuite.ssl.base import (
     SSLMethod,
     cosine_to_one,

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from benchsuite import distributed
-from benchsuite.hookspecs import hookimpl
+from benchsuite.api.hookspecs import hookimpl
+from benchsuite.core import distributed
 from benchsuite.ssl.base import SSLMethod, mixed_cross_entropy, mlp, require, split_halves
 
 

@@ -1,6 +1,6 @@
 """SSL pretraining loop: batched GPU-or-CPU augmentation, lr schedule, resumable checkpoints.
 
-One process, or every rank under torchrun (:mod:`benchsuite.distributed`): rank r takes rows
+One process, or every rank under torchrun (:mod:`benchsuite.core.distributed`): rank r takes rows
 ``r*b:(r+1)*b`` of each global batch (b = batch / ranks) and augments them with the random numbers
 one process would draw for those rows, BatchNorm is synchronised, the methods gather their
 negatives, and gradients are averaged across ranks before each optimiser step. With
@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchsuite import distributed
-from benchsuite.cache import added_field
-from benchsuite.checkpoint import atomic_write, load_tensors, save_tensors
-from benchsuite.console import progress_bar
-from benchsuite.errors import BenchError
+from benchsuite.core import distributed
+from benchsuite.core.cache import added_field
+from benchsuite.core.checkpoint import atomic_write, load_tensors, save_tensors
+from benchsuite.core.console import progress_bar
+from benchsuite.core.errors import BenchError
 from benchsuite.ssl.augment import AugmentConfig, augment, to_float
 from benchsuite.ssl.base import SSLMethod
 

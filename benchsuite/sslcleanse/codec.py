@@ -12,7 +12,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from benchsuite.errors import BenchError
+from benchsuite.core.errors import BenchError
 
 
 def trigger_to_rgba(mask: np.ndarray, pattern: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from benchsuite.errors import BenchError
+from benchsuite.core.errors import BenchError
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from benchsuite.api import Verdict
-from benchsuite.errors import BenchError
+from benchsuite.core.errors import BenchError
 from benchsuite.eval.features import extract_features
 from benchsuite.ssl.augment import to_float
 from benchsuite.sslcleanse.codec import encode_trigger
@@ -61,7 +61,8 @@ def detect(encoder: nn.Module, images: np.ndarray, features: np.ndarray | None, 
         extras["warnings"] = warnings
     if workdir is not None:
         _pictures(Path(workdir), inv, swk, smallest, index, trojaned, images[idx][labels != smallest][0])
-    return Verdict(bool(trojaned), float(index), smallest if trojaned else None, extras)
+    return Verdict(bool(trojaned), float(index), float(cfg.anomaly_threshold), smallest if trojaned else None,
+                   extras)
 
 
 def verdict_warnings(swk: SWKResult | None, k: int) -> list[str]:

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchsuite.console import progress_bar
-from benchsuite.errors import BenchError
+from benchsuite.core.console import progress_bar
+from benchsuite.core.errors import BenchError
 from benchsuite.ssl.augment import AugmentConfig, normalize
 from benchsuite.sslcleanse.config import SSLCleanseConfig
 

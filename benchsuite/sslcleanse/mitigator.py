@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchsuite.console import progress_bar
+from benchsuite.core.console import progress_bar
 from benchsuite.ssl.augment import AugmentConfig, augment, normalize, to_float
 from benchsuite.sslcleanse.config import SSLCleanseConfig
 from benchsuite.sslcleanse.inversion import frozen

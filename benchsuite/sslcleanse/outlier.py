@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchsuite.errors import BenchError
+from benchsuite.core.errors import BenchError
 
 
 def anomaly_index(values: np.ndarray, consistency: float = 1.4826, scale: float = 1.0) -> float:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from benchsuite.clustering import kmeans, l2_normalize
-from benchsuite.errors import BenchError
+from benchsuite.core.clustering import kmeans, l2_normalize
+from benchsuite.core.errors import BenchError
 
 
 def silhouette(features: np.ndarray, labels: np.ndarray, chunk: int = 2048) -> float:

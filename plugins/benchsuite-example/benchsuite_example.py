@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from benchsuite.api import Defense, Detection
-from benchsuite.hookspecs import hookimpl
+from benchsuite.api.hookspecs import hookimpl
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,38 @@
+"""What the suite hands a defense or a model attack when it runs one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class DefenseContext:
+    """What a filter or encoder-level defense sees: its images and the encoder under suspicion.
+
+    The ground truth (which images are poisoned) is deliberately absent.
+    """
+
+    images: np.ndarray
+    encoder: torch.nn.Module
+    features: np.ndarray  # encoder features of ``images``
+    num_classes: int
+    seed: int
+    device: torch.device
+    workdir: Path
+
+
+@dataclass
+class AttackContext:
+    """What a model attack gets besides the clean encoder and its shadow images."""
+
+    device: torch.device
+    workdir: Path  # the stage's folder: logs, pictures
+    mean: tuple[float, float, float]  # the normalisation the clean encoder was trained with
+    std: tuple[float, float, float]

@@ -1,0 +1,364 @@
+"""Paper-form tables from a results frame; every layout is a frame of formatted strings.
+
+- ``poisoncam-t1``: rows dataset / attack / rate / target (+ Average); per defense a column group
+  Clean Val (ACC, ASR) | Patched Val (ACC, ASR).
+- ``poisoncam-t2``: rows setting x metric (Total Rem., Recall, Precision); a column per filter defense.
+- ``patchsearch-t1``: rows setting x filter defense; top-20 Acc, Rec., Prec., Total Rem.
+- ``patchsearch-t2``: rows setting x model (Clean, Backdoored, defenses); Acc / FP / ASR on clean
+  and patched data.
+- ``detection``: per target and filter defense: removal, recall, the pasting control's flag rate, precision,
+  top-20 accuracy (PatchSearch's and PoisonCAM's), IoU and CR (over the top-20's poisons and over all 20).
+- ``sslcleanse``: per setting the encoders judged, TP, FP and DACC (SSL-Cleanse slides).
+- ``sslcleanse-encoders``: one row per judged encoder (each cell's poisoned one, each seed's clean one):
+  K, anomaly index, verdict, the smallest-norm cluster's majority class, the reversed trigger's IoU and
+  colour agreement with the real one, detection and mitigation time.
+- ``cost``: per setting and defense, the wall / CPU time of the defense's own stages, ms per image and
+  encoder forwards (filters), the pretraining time of the evaluated encoder, peak memory, device.
+
+With several seeds every cell reads ``mean ± std`` over seeds (targets are averaged first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pandas as pd
+from rich.table import Table
+
+from benchsuite.reporting.results import REFERENCE_DEFENSE
+
+DISPLAY_NAMES = {"none": "w/o Defense", REFERENCE_DEFENSE: "Clean model (ref.)", "patchsearch": "PatchSearch",
+                 "poisoncam": "PoisonCAM", "icutmix": "i-CutMix", "sslcleanse": "SSL-Cleanse"}
+TABLE1_METRICS = [("clean_acc", "Clean ACC"), ("clean_asr", "Clean ASR"),
+                  ("patched_acc", "Patched ACC"), ("patched_asr", "Patched ASR")]
+# PS / PC: PatchSearch's top-k accuracy (share of poisons, Table 1) / PoisonCAM's (window on the trigger, Figure 1);
+# IoU / CR over the top-20's poisons, "all" over the whole top-20 with non-poisons as 0 (PoisonCAM Figures 4-5)
+TABLE2_METRICS = [("removed", "Removed"), ("recall", "Recall"), ("control_flag_rate", "Control flag"),
+                  ("precision", "Precision"), ("top20_acc", "Top-20 Acc (PS)"),
+                  ("top20_window_acc", "Top-20 win. Acc (PC)"), ("iou", "IoU"), ("catch_rate", "CR"),
+                  ("iou_all", "IoU all"), ("catch_rate_all", "CR all")]
+# with ``--removal-control``: the filter's own retrained ASR beside that of as many images removed at random
+REMOVAL_CONTROL_METRICS = [("patched_asr", "Patched ASR"), ("random_removal_recall", "Rand. rem. Recall"),
+                           ("random_removal_patched_asr", "Rand. rem. Patched ASR"),
+                           ("random_removal_clean_acc", "Rand. rem. Clean ACC")]
+
+
+def display_name(defense: str) -> str:
+    """The paper's name of a defense; a composed one reads e.g. "PatchSearch + i-CutMix"."""
+    return " + ".join(DISPLAY_NAMES.get(part, part) for part in defense.split("+"))
+
+
+def _fmt(values: pd.Series, digits: int = 1) -> str:
+    values = values.dropna()
+    if values.empty:
+        return "-"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.{digits}f}"
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=0):.{digits}f}"
+
+
+def _defense_order(results: pd.DataFrame) -> list[str]:
+    order = list(dict.fromkeys(results["defense"]))
+    # the reference goes last, after the real defenses
+    return [d for d in order if d != REFERENCE_DEFENSE] + [d for d in order if d == REFERENCE_DEFENSE]
+
+
+def table1_frame(results: pd.DataFrame) -> pd.DataFrame:
+    """PoisonCAM Table 1 as a frame of formatted strings; columns (defense, metric)."""
+    return grouped_frame(results, _defense_order(results), TABLE1_METRICS)
+
+
+def _filters(results: pd.DataFrame) -> list[str]:
+    """The defenses that removed images (rows with a recall), in run order."""
+    if "recall" not in results or results["recall"].isna().all():
+        return []
+    return [d for d in _defense_order(results) if results.loc[results["defense"] == d, "recall"].notna().any()]
+
+
+def table2_frame(results: pd.DataFrame) -> pd.DataFrame | None:
+    """Detection table over the filter defenses, per target; None when no filter defense ran."""
+    filters = _filters(results)
+    if not filters:
+        return None
+    controlled = "random_removal_patched_asr" in results and results["random_removal_patched_asr"].notna().any()
+    return grouped_frame(results, filters, TABLE2_METRICS + (REMOVAL_CONTROL_METRICS if controlled else []))
+
+
+SETTING = ["dataset", "attack", "rate"]
+
+
+def _setting_cells(dataset: str, attack: str, rate: float) -> dict[tuple[str, str], str]:
+    return {("", "Dataset"): dataset, ("", "Attack"): attack, ("", "Rate"): f"{100 * rate:g}%"}
+
+
+def _over_seeds(rows: pd.DataFrame, metric: str, digits: int = 1) -> str:
+    """``mean ± std`` over seeds of the per-seed mean over targets."""
+    if metric not in rows or rows.empty:
+        return "-"
+    return _fmt(rows.groupby("seed")[metric].mean(), digits)
+
+
+def poisoncam_t2_frame(results: pd.DataFrame) -> pd.DataFrame | None:
+    """PoisonCAM Table 2: Total Rem. / Recall / Precision rows, a column per filter defense."""
+    filters = _filters(results)
+    if not filters:
+        return None
+    records = []
+    for (dataset, attack, rate), block in results.groupby(SETTING, sort=False):
+        for metric, title in [("removed", "Total Rem."), ("recall", "Recall ↑"), ("precision", "Precision ↑")]:
+            record = {**_setting_cells(dataset, attack, rate), ("", "Metric"): title}
+            for d in filters:
+                record[("", display_name(d))] = _over_seeds(block[block["defense"] == d], metric)
+            records.append(record)
+    return _frame(records)
+
+
+def patchsearch_t1_frame(results: pd.DataFrame) -> pd.DataFrame | None:
+    """PatchSearch Table 1: per setting and filter defense, top-20 Acc, Rec., Prec., Total Rem."""
+    filters = _filters(results)
+    if not filters:
+        return None
+    metrics = [("top20_acc", "top-20 Acc (%)"), ("recall", "Rec. (%)"), ("precision", "Prec. (%)"),
+               ("removed", "Total Rem.")]
+    records = []
+    for (dataset, attack, rate), block in results.groupby(SETTING, sort=False):
+        for d in filters:
+            rows = block[block["defense"] == d]
+            records.append({**_setting_cells(dataset, attack, rate), ("", "Defense"): display_name(d),
+                            **{("", title): _over_seeds(rows, m) for m, title in metrics}})
+    return _frame(records)
+
+
+PATCHSEARCH_T2_NAMES = {REFERENCE_DEFENSE: "Clean", "none": "Backdoored"}
+
+
+def patchsearch_t2_frame(results: pd.DataFrame) -> pd.DataFrame:
+    """PatchSearch Table 2: per setting and model, Acc / FP / ASR on clean and patched data."""
+    metrics = [("Clean Data", "clean_acc", "Acc"), ("Clean Data", "clean_fp", "FP"), ("Clean Data", "clean_asr", "ASR"),
+               ("Patched Data", "patched_acc", "Acc"), ("Patched Data", "patched_fp", "FP"),
+               ("Patched Data", "patched_asr", "ASR")]
+    order = _defense_order(results)
+    order = [d for d in order if d == REFERENCE_DEFENSE] + [d for d in order if d != REFERENCE_DEFENSE]
+    records = []
+    for (dataset, attack, rate), block in results.groupby(SETTING, sort=False):
+        for d in order:
+            rows = block[block["defense"] == d]
+            if rows.empty:
+                continue
+            name = PATCHSEARCH_T2_NAMES.get(d, display_name(d))
+            records.append({**_setting_cells(dataset, attack, rate), ("", "Model"): name,
+                            **{(group, title): _over_seeds(rows, m) for group, m, title in metrics}})
+    return _frame(records)
+
+
+def dacc_frame(results: pd.DataFrame) -> pd.DataFrame | None:
+    """SSL-Cleanse detection accuracy: per setting and model defense, encoders judged, TP, FP and DACC.
+
+    Each cell's threat encoder counts once (not once per target); the clean encoder of a seed is
+    shared by every cell of that seed, so it counts once per (dataset, seed).
+    """
+    if "trojaned" not in results or results["trojaned"].isna().all():
+        return None
+    judged = results[results["trojaned"].notna()]
+    records = []
+    for defense, rows in judged.groupby("defense", sort=False):
+        for (dataset, attack), block in [*rows.groupby(["dataset", "attack"], sort=False), (("all", "all"), rows)]:
+            trojan = block.drop_duplicates(["dataset", "attack", "targets", "rate", "seed"])
+            clean = block.drop_duplicates(["dataset", "seed"])
+            tp = int(trojan["trojaned"].astype(bool).sum())
+            fp = int(clean["clean_trojaned"].astype(bool).sum())
+            n = len(trojan) + len(clean)
+            records.append({("", "Dataset"): dataset, ("", "Attack"): attack, ("", "Defense"): display_name(defense),
+                            ("Trojaned", "encoders"): str(len(trojan)), ("Trojaned", "TP"): str(tp),
+                            ("Clean", "encoders"): str(len(clean)), ("Clean", "FP"): str(fp),
+                            ("", "DACC (%)"): f"{100 * (tp + len(clean) - fp) / n:.1f}"})
+    return _frame(records)
+
+
+def _cell(row: pd.Series, column: str, digits: int = 2) -> str:
+    value = row.get(column)
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _flag(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and pd.isna(value)) else ("yes" if bool(value) else "no")
+
+
+def _target_cluster(row: pd.Series, prefix: str) -> str:
+    rank = row.get(prefix + "target_cluster_rank")
+    if rank is None or pd.isna(rank) or int(rank) == 0:
+        return "-"
+    return f"{_cell(row, prefix + 'target_cluster_norm', 3)} ({int(rank)})"
+
+
+def _encoder_record(row: pd.Series, prefix: str, which: str) -> dict[tuple[str, str], str]:
+    """One judged encoder's cells; ``prefix`` "" for the poisoned encoder, "clean_" for the clean one."""
+    label = row.get(prefix + "flagged_label")
+    share = row.get(prefix + "flagged_label_share")
+    trojaned = row.get("trojaned" if not prefix else "clean_trojaned")
+    cls = "-" if label is None or pd.isna(label) else f"{int(label)} ({100 * share:.0f}%)"
+    return {("", "Dataset"): str(row["dataset"]), ("", "Attack"): str(row["attack"]),
+            ("", "Target"): str(row.get("targets", row["target"])), ("", "Seed"): str(row["seed"]),
+            ("", "Encoder"): which, ("", "K"): _cell(row, prefix + "k", 0),
+            ("", "Anomaly index"): _cell(row, "anomaly_index" if not prefix else "clean_anomaly_index"),
+            ("", "Verdict"): "-" if trojaned is None or pd.isna(trojaned) else
+            ("trojaned" if bool(trojaned) else "benign"),
+            ("Smallest cluster", "norm / median"): f"{_cell(row, prefix + 'min_norm', 3)} / "
+                                                    f"{_cell(row, prefix + 'median_norm', 3)}",
+            ("Smallest cluster", "class (share)"): cls,
+            ("Smallest cluster", "attacked?"): _flag(row.get(prefix + "flagged_is_target")),
+            ("Attacked class's cluster", "norm (rank)"): _target_cluster(row, prefix),
+            ("Reversed trigger", "IoU"): _cell(row, prefix + "trigger_iou"),
+            ("Reversed trigger", "IoU best"): _cell(row, prefix + "trigger_iou_best"),
+            ("Reversed trigger", "colour r"): _cell(row, prefix + "trigger_colour_corr"),
+            ("Time (s)", "detect"): _cell(row, prefix + "detect_s", 0),
+            ("Time (s)", "mitigate"): _cell(row, "mitigate_s", 0) if not prefix else "-"}
+
+
+def encoders_frame(results: pd.DataFrame) -> pd.DataFrame | None:
+    """SSL-Cleanse per encoder: each cell's poisoned encoder, then each seed's clean encoder once."""
+    if "anomaly_index" not in results or results["anomaly_index"].isna().all():
+        return None
+    judged = results[results["anomaly_index"].notna()]
+    records = []
+    for _, row in judged.drop_duplicates(["dataset", "attack", "targets", "rate", "seed", "defense"]).iterrows():
+        records.append(_encoder_record(row, "", "poisoned"))
+    for _, row in judged.drop_duplicates(["dataset", "seed", "defense"]).iterrows():
+        records.append({**_encoder_record(row, "clean_", "clean"), ("", "Attack"): "-", ("", "Target"): "-"})
+    return _frame(records)
+
+
+# (column, title, digits) of the ``cost`` layout; README "Results columns" says what each covers
+COST_METRICS = [("cost_defense_s", "Defense (s)", 1), ("cost_cpu_s", "Defense CPU (s)", 1),
+                ("cost_ms_per_image", "ms / image", 2), ("cost_forward_images", "Encoder forwards", 0),
+                ("cost_pretrain_s", "Pretraining (s)", 1), ("cost_peak_rss_mb", "Peak RSS (MB)", 0),
+                ("cost_peak_cuda_mb", "Peak CUDA (MB)", 0)]
+
+
+def cost_frame(results: pd.DataFrame) -> pd.DataFrame | None:
+    """Per setting and defense: what the defense's stages and the encoder's pretraining cost (mean ± std over
+    seeds); None for results without cost columns (a run from before they were recorded)."""
+    present = [m for m, _, _ in COST_METRICS if m in results and results[m].notna().any()]
+    if not present:
+        return None
+    records = []
+    for (dataset, attack, rate), block in results.groupby(SETTING, sort=False):
+        for d in _defense_order(block):
+            rows = block[block["defense"] == d]
+            devices = sorted({part for v in rows.get("cost_device", pd.Series(dtype=str)).dropna()
+                              for part in str(v).split("+")})
+            records.append({**_setting_cells(dataset, attack, rate), ("", "Defense"): display_name(d),
+                            **{("", title): _over_seeds(rows, m, digits) for m, title, digits in COST_METRICS},
+                            ("", "Device"): ", ".join(devices) or "-"})
+    return _frame(records)
+
+
+def _frame(records: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(records)
+    frame.columns = pd.MultiIndex.from_tuples(frame.columns)
+    return frame
+
+
+Layout = Callable[[pd.DataFrame], "pd.DataFrame | None"]
+LAYOUTS: dict[str, tuple[str, Layout]] = {
+    "poisoncam-t1": ("PoisonCAM Table 1: ACC / ASR (%) on clean and patched validation data", table1_frame),
+    "poisoncam-t2": ("PoisonCAM Table 2: poison detection (averaged over targets)", poisoncam_t2_frame),
+    "patchsearch-t1": ("PatchSearch Table 1: poison detection", patchsearch_t1_frame),
+    "patchsearch-t2": ("PatchSearch Table 2: Acc / FP / ASR on clean and patched data", patchsearch_t2_frame),
+    "detection": ("Detection per target: removal, pasting control (% of clean images with a pasted foreign square "
+                  "flagged), ranking (PS: PatchSearch's top-k Acc, PC: PoisonCAM's) and located windows", table2_frame),
+    "sslcleanse": ("SSL-Cleanse: encoder-level detection accuracy", dacc_frame),
+    "sslcleanse-encoders": ("SSL-Cleanse per encoder: the smallest-norm cluster's class (majority of its sampled "
+                            "images) and the reversed trigger against the real one (mask > 0.5; IoU at the "
+                            "trigger's mean position and at the best position)", encoders_frame),
+    "cost": ("Cost: wall / CPU time of each defense's own stages, per image and encoder forwards (filters), "
+             "pretraining of the evaluated encoder, peak memory", cost_frame),
+}
+DEFAULT_LAYOUTS = ("poisoncam-t1", "detection", "sslcleanse", "sslcleanse-encoders")  # what `bench run` prints
+
+
+def grouped_frame(results: pd.DataFrame, defenses: list[str], metrics: list[tuple[str, str]]) -> pd.DataFrame:
+    """Rows dataset / attack / rate / target (+ Average); a column group of ``metrics`` per defense."""
+    records = []
+    keys = ["dataset", "attack", "rate"]
+    for (dataset, attack, rate), block in results.groupby(keys, sort=False):
+        per_target = [(str(t), block[block["target"] == t]) for t in dict.fromkeys(block["target"])]
+        if len(per_target) > 1:
+            per_target.append(("Average", block))
+        for target, rows in per_target:
+            record = {("", "Dataset"): dataset, ("", "Attack"): attack, ("", "Rate"): f"{100 * rate:g}%",
+                      ("", "Target"): target}
+            for defense in defenses:
+                d_rows = rows[rows["defense"] == defense]
+                if len(d_rows) and _not_applicable(d_rows).all():  # the protocol declared the pair n/a
+                    record.update({(display_name(defense), title): "n/a" for _, title in metrics})
+                    continue
+                # average over targets first, so the std is over seeds
+                present = [m for m, _ in metrics if m in d_rows]
+                by_seed = d_rows.groupby("seed")[present].mean()
+                for metric, title in metrics:
+                    cell = _fmt(by_seed[metric]) if metric in by_seed and len(by_seed) else "-"
+                    record[(display_name(defense), title)] = cell
+            records.append(record)
+    frame = pd.DataFrame(records)
+    frame.columns = pd.MultiIndex.from_tuples(frame.columns)
+    return frame
+
+
+def _not_applicable(rows: pd.DataFrame) -> pd.Series:
+    if "not_applicable" not in rows:
+        return pd.Series(False, index=rows.index)
+    return rows["not_applicable"].notna() & (rows["not_applicable"].astype(str) != "")
+
+
+def not_applicable_notes(results: pd.DataFrame) -> list[str]:
+    """One line per (attack, defense) pair a protocol declared not applicable, with its reason."""
+    if "not_applicable" not in results:
+        return []
+    rows = results[_not_applicable(results)]
+    pairs = dict.fromkeys(zip(rows["attack"], rows["defense"], rows["not_applicable"]))
+    return [f"n/a: {display_name(d)} on {a}: {reason}" for a, d, reason in pairs]
+
+
+def table_width(frame: pd.DataFrame) -> int:
+    """Characters a rich table of ``frame`` needs without wrapping a header or cell."""
+    widths = [max([len(str(group)), len(str(metric)), *(len(str(v)) for v in frame[(group, metric)])])
+              for group, metric in frame.columns]
+    return sum(widths) + 3 * len(widths) + 1
+
+
+def rich_table(frame: pd.DataFrame, title: str) -> Table:
+    """Render a (group, metric)-column frame; group names head their first column. A rule separates the
+    blocks of rows (dataset, attack, rate: every label column but the last), one block per attack."""
+    table = Table(title=title, show_lines=False, header_style="bold")
+    previous = None
+    for group, metric in frame.columns:
+        header = f"{group}\n{metric}" if group != previous and group else f"\n{metric}"
+        previous = group
+        table.add_column(header, justify="right" if group else "left")
+    n_labels = sum(1 for group, _ in frame.columns if not group)
+    block = None
+    for _, row in frame.iterrows():
+        cells = [str(v) for v in row.tolist()]
+        if n_labels > 1 and block is not None and cells[: n_labels - 1] != block:
+            table.add_section()
+        block = cells[: n_labels - 1]
+        style = "bold" if "Average" in cells else None
+        table.add_row(*cells, style=style)
+    return table
+
+
+def latex_table(frame: pd.DataFrame, title: str) -> str:
+    """A booktabs table (pandas' LaTeX writer) with the column groups as multicolumn headers."""
+    if all(group == "" for group, _ in frame.columns):
+        frame = frame.droplevel(0, axis=1)
+    return frame.to_latex(index=False, multicolumn=True, multicolumn_format="c", caption=title, escape=True)
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    headers = [f"{g} {m}".strip() for g, m in frame.columns]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)

@@ -1,0 +1,75 @@
+"""The probe stage: a linear / kNN probe on the clean labelled split, scored on clean and patched val."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from benchsuite.core.cache import code_versions, stable_hash
+from benchsuite.core.checkpoint import save_json
+from benchsuite.eval.metrics import (
+    accuracy,
+    attack_success_rate,
+    confusion_matrix,
+    false_positives,
+    prediction_shares,
+)
+from benchsuite.eval.probe import fit_probe
+from benchsuite.stages.base import Cell, Encoder, StageBase
+
+
+class ProbeStage(StageBase):
+    """Key: the encoder, the probe config, and the keys of the patched sets it is scored on (so an attack's
+    config, trigger files or code version reach the probe through them, as they reach the patched set)."""
+
+    PROBE_VERSION = 0
+
+    def probe_key(self, encoder_key: str, cell: Cell) -> str:
+        patched = [self.patched_key(cell.attack, t, cell.seed) for t in cell.targets]
+        return stable_hash("probe", encoder_key, self.dataset_key, self.config.probe, patched,
+                           *code_versions(stage=self.PROBE_VERSION))
+
+    def evaluate(self, encoder: Encoder, cell: Cell) -> list[dict[str, Any]]:
+        """Linear/kNN probe on the clean labelled split; ACC/FP/ASR on clean and patched val per target."""
+        key = self.probe_key(encoder.key, cell)
+        path = self.cache.dir("probe", key) / "metrics.json"
+
+        def compute() -> list[dict[str, Any]]:
+            splits = self.splits()
+            n_cls = splits.train.num_classes
+            train_f = self.features(encoder, splits.train.images, "train", self.dataset_key)
+            val_f = self.features(encoder, splits.val.images, "val", self.dataset_key)
+            patched = {t: self.patched_val(cell.attack, t, cell.seed) for t in cell.targets}
+            patched_f = {t: self.features(encoder, p.images, "patched", self.patched_key(cell.attack, t, cell.seed))
+                         for t, p in patched.items()}
+            per_seed = []
+            for probe_seed in self.config.probe.seeds:
+                predict = fit_probe(train_f, splits.train.labels, n_cls, self.config.probe, probe_seed)
+                clean_pred = predict(val_f)
+                per_seed.append({t: (confusion_matrix(splits.val.labels, clean_pred, n_cls),
+                                     confusion_matrix(patched[t].labels, predict(patched_f[t]), n_cls))
+                                 for t in cell.targets})
+            rows = []
+            for t in cell.targets:
+                stats = np.array([[accuracy(c), attack_success_rate(c, t), false_positives(c, t),
+                                   accuracy(p), attack_success_rate(p, t), false_positives(p, t)]
+                                  for c, p in (s[t] for s in per_seed)])
+                mean = stats.mean(0)
+                # where trigger t sends the non-target images, % per predicted class (issue #14)
+                shares = np.mean([prediction_shares(s[t][1], t) for s in per_seed], axis=0)
+                rows.append(dict(target=t, clean_acc=mean[0], clean_asr=mean[1], clean_fp=mean[2],
+                                 patched_acc=mean[3], patched_asr=mean[4], patched_fp=mean[5],
+                                 patched_confusion=[round(float(v), 2) for v in shares]))
+            save_json(path, rows)
+            self.cache.mark_done("probe", key, {"encoder": encoder.key})
+            return rows
+
+        def load() -> list[dict[str, Any]]:
+            rows = json.loads(path.read_text())
+            if any("patched_confusion" not in row for row in rows):  # probed before the column: probe again
+                raise FileNotFoundError(f"{path} lacks patched_confusion")
+            return rows
+
+        return self.cache.run("probe", key, load, compute)
