@@ -79,6 +79,7 @@ class BadEncoder(ModelAttack):
         return shadow_indices(n_train, self.config.shadow_fraction, self.config.shadow_count, seed)
 
     def reference_images(self, shadow: ImageDataset, target: int, seed: int) -> np.ndarray:
+        """The target's reference image(s): a file, or target-class images of ``shadow`` (drawn or indexed)."""
         c = self.config
         if c.reference != "seed":
             from PIL import Image
@@ -102,7 +103,8 @@ class BadEncoder(ModelAttack):
             raise BenchError(f"badencoder backdoors one target per cell, got {targets}: give one target per cell")
         target = targets[0]
         trigger = self.trigger(shadow.image_size)
-        references = self.reference_images(shadow, target, seed)
+        pool = getattr(context, "references", None)
+        references = self.reference_images(pool if pool is not None else shadow, target, seed)
         student, history = train_badencoder(clean, shadow.images, references, trigger, self.config, seed,
                                             context.device, context.mean, context.std, self.name)
         return finished(student, trigger, target, references, history)

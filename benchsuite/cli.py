@@ -71,6 +71,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--dataset", help="synthetic (embedded), npz, imagefolder, cifar10, stl10, or a plugin's")
     run.add_argument("--data-path", help="folder of the dataset (npz, imagefolder, torchvision root)")
     run.add_argument("--download", action="store_true", help="let torchvision download cifar10/stl10")
+    run.add_argument("--downstream", help="NAME[:PATH]: the dataset the probe trains and is scored on, when not the "
+                     "pre-training one (BadEncoder's downstream task), e.g. npz:../shared/data/gtsrb")
     run.add_argument("--ssl", help="SSL method (see `bench list`)")
     run.add_argument("--backbone", help="backbone name (registered, or any timm model)")
     run.add_argument("--epochs", type=int, help="pretraining epochs")
@@ -189,6 +191,9 @@ def _config_from_args(args: argparse.Namespace):
         data.setdefault("dataset", {})["path"] = args.data_path
     if args.download:
         data.setdefault("dataset", {}).setdefault("options", {})["download"] = True
+    if args.downstream:
+        name, _, path = args.downstream.partition(":")
+        data["downstream"] = {"name": name, **({"path": path} if path else {})}
     if args.ssl:
         data.setdefault("ssl", {})["method"] = args.ssl
         data["ssl"]["method_options"] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 
 from benchsuite.cli import main
@@ -48,3 +49,55 @@ def test_badencoder_runs_through_the_grid(tmp_path, capsys, monkeypatch):
     assert main([*_args(tmp_path), "--dry-run"]) == 0
     plan = capsys.readouterr().err
     assert "backdoor cached" in plan and "clean encoder cached" in plan and "n/a" in plan
+
+
+def test_badencoders_asr_counts_the_target_class_and_ours_does_not():
+    from benchsuite.eval.metrics import attack_success_rate, target_share
+
+    # rows: true class, columns: predicted; target 1. 10 target-class images (all to 1), 20 others (5 to 1)
+    cm = np.array([[15, 5, 0], [0, 10, 0], [0, 0, 0]])
+    assert target_share(cm, 1) == 100 * 15 / 30  # BadEncoder: every triggered image
+    assert attack_success_rate(cm, 1) == 100 * 5 / 20  # PatchSearch: the non-target images only
+
+
+def test_the_badencoder_table_reads_ca_ba_asr_and_asr_b():
+    from benchsuite.reporting.tables import badencoder_frame
+
+    base = {"dataset": "cifar10", "attack": "badencoder", "threat": "model", "target": 9, "rate": 1.0}
+    models = (("none", 70.0, 99.0, 98.9), ("clean-model", 72.0, 10.0, 0.5))
+    rows = [{**base, "seed": s, "defense": d, "clean_acc": acc + s * (d == "none"),
+             "badencoder_asr": asr + s * (d != "none"), "patched_asr": ours}
+            for s in (0, 1) for d, acc, asr, ours in models]
+    rows += [{**base, "seed": 0, "defense": "patchsearch", "not_applicable": "a filter removes poisoned training "
+              "images; this threat poisons no training data"}]
+    frame = badencoder_frame(pd.DataFrame(rows))
+    none = frame[frame[("", "Defense")] == "w/o Defense"].iloc[0]
+    assert none[("BadEncoder", "CA")] == "72.0 ± 0.0" and none[("BadEncoder", "BA")].startswith("70.5")
+    assert none[("BadEncoder", "ASR")] == "99.0 ± 0.0" and none[("BadEncoder", "ASR-B")].startswith("10.5")
+    assert none[("Ours", "ASR w/o target")].startswith("98.9")
+    ps = frame[frame[("", "Defense")] == "PatchSearch"].iloc[0]
+    assert ps[("BadEncoder", "ASR")] == "n/a"
+    assert badencoder_frame(pd.DataFrame([{**base, "threat": "data", "seed": 0, "defense": "none",
+                                           "clean_acc": 1.0, "badencoder_asr": 1.0}])) is None
+
+
+def test_a_downstream_dataset_other_than_the_pretraining_one(tmp_path):
+    """BadEncoder's setting: the probe trains and is scored on another dataset; the references come from it."""
+    downstream = ["--set", 'downstream.name="synthetic"', "--set", "downstream.options.num_classes=5",
+                  "--set", "downstream.options.train_per_class=12", "--set", "downstream.options.val_per_class=6",
+                  "--set", "downstream.options.generator_seed=7"]
+    assert main([*_args(tmp_path), "--defense", "none", *downstream]) == 0
+    run = next((tmp_path / "runs").glob("smoke-*"))
+    results = pd.read_csv(run / "results.csv")
+    for row in results.itertuples():  # the probe predicts the downstream task's 5 classes, not the 10 of pre-training
+        assert len(json.loads(row.patched_confusion)) == 5
+    from benchsuite.data.loaders import load_synthetic
+
+    task = load_synthetic(train_per_class=12, val_per_class=6, num_classes=5, generator_seed=7)
+    cache = tmp_path / "runs" / "cache"
+    with np.load(next(cache.glob("backdoor/*/backdoor-images.npz"))) as saved:
+        reference = saved["reference_0"][0]
+    members = task.train.images[task.train.labels == 0]
+    assert any((reference == m).all() for m in members)  # a downstream image of the target class
+    patched = np.load(next(cache.glob("patched/*/images.npy")))
+    assert len(patched) == len(task.val)

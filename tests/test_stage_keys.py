@@ -41,6 +41,7 @@ ALTERNATIVES: dict[str, Any] = {
     "defense.sslcleanse.clusters": 4, "defense.sslcleanse.mask_penalty": "mask_pattern",
     "defense.sslcleanse.mitigate_when": "never", "train.lr_drop_epochs": [1], "train.snapshots": [1],
     "grid.targets": [[1]], "grid.attacks": ["multi_target"], "grid.defenses": ["patchsearch"],
+    "downstream": {"name": "synthetic", "options": {"train_per_class": 6, "val_per_class": 4}},
 }
 # fields whose only valid value is the current one: nothing to change them to (said here, not skipped silently)
 FIXED = {"train.augment.crop_impl": "one implementation (torchvision) is accepted"}
@@ -117,6 +118,8 @@ def every_field(registry, data: dict) -> list[tuple[str, Any, set[str]]]:
     """(dotted field, current value, the stages expected to change key) for every field of the run config."""
     config = build_config(copy.deepcopy(data))
     found: list[tuple[str, Any, set[str]]] = [("preset", config.preset, set()), ("device", config.device, set())]
+    # the downstream dataset: what the probe trains and is scored on, and the patched sets are made of
+    found.append(("downstream", config.downstream, {"patched", "probe:threat", "probe:clean"}))
     found += [(n, v, ALL) for n, v in fields_of("dataset", config.dataset) if n != "dataset.options"]
     found += [(f"dataset.options.{k}", v, ALL) for k, v in config.dataset.options.items()]
     for name, value in fields_of("ssl", config.ssl):
@@ -190,7 +193,7 @@ def test_a_code_version_bump_moves_its_stage_and_what_depends_on_it(setup, monke
                                                                     expected):
     registry, data, root, _ = setup
     base = stage_keys(registry, data, root)
-    monkeypatch.setattr(target, attribute, 1)
+    monkeypatch.setattr(target, attribute, getattr(target, attribute) + 1)
     keys = stage_keys(registry, data, root)
     assert {stage for stage in base if keys[stage] != base[stage]} == expected
 
@@ -209,7 +212,7 @@ def test_an_attack_version_bump_recomputes_its_patched_set_and_the_clean_models_
 
     first = GridRunner(config, get_registry(), tmp_path).run()
     before = {stage: done(stage) for stage in ("patched", "probe", "pretrain", "poison")}
-    monkeypatch.setattr(HTBA, "version", 1)
+    monkeypatch.setattr(HTBA, "version", HTBA.version + 1)
     second = GridRunner(config, get_registry(), tmp_path).run()
     after = {stage: done(stage) for stage in before}
     assert len(after["patched"] - before["patched"]) == 1 and len(after["poison"] - before["poison"]) == 1

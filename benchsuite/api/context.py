@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from benchsuite.api.data import ImageDataset
+
 if TYPE_CHECKING:
     import torch
 
@@ -36,3 +38,6 @@ class AttackContext:
     workdir: Path  # the stage's folder: logs, pictures
     mean: tuple[float, float, float]  # the normalisation the clean encoder was trained with
     std: tuple[float, float, float]
+    # labelled images of the downstream task, where the reference images of a target class come from (the
+    # attacker holds a few inputs of the target class); None: the shadow set's own labels
+    references: ImageDataset | None = None

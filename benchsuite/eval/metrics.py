@@ -28,6 +28,12 @@ def attack_success_rate(cm: np.ndarray, target: int) -> float:
     return 100.0 * false_positives(cm, target) / max(1, non_target)
 
 
+def target_share(cm: np.ndarray, target: int) -> float:
+    """BadEncoder's ASR in percent: the share of all triggered images, the target class's own included,
+    classified as the target (PatchSearch's ASR, :func:`attack_success_rate`, leaves the target class out)."""
+    return 100.0 * float(cm[:, target].sum()) / max(1, int(cm.sum()))
+
+
 def prediction_shares(cm: np.ndarray, target: int) -> np.ndarray:
     """Percent of the non-target images predicted as each class (the target's entry is the ASR)."""
     counts = np.delete(cm, target, axis=0).sum(axis=0)

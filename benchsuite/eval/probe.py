@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchsuite.core.cache import added_field
 from benchsuite.core.errors import BenchError
 
 PROBE_SEEDS = (4787, 4788, 4789, 4790, 4791)  # PatchSearch's five linear-probe runs (spec 1.7)
@@ -15,7 +16,7 @@ PROBE_SEEDS = (4787, 4788, 4789, 4790, 4791)  # PatchSearch's five linear-probe 
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    kind: str = "linear"  # linear | knn
+    kind: str = "linear"  # linear | knn | mlp (BadEncoder's downstream classifier)
     label_fraction: float = 0.01  # papers: 1 % of the training labels
     seeds: tuple[int, ...] = PROBE_SEEDS
     epochs: int = 100  # on cached features; full-batch steps for small splits
@@ -23,6 +24,13 @@ class ProbeConfig:
     weight_decay: float = 1e-4
     knn_k: int = 200  # CTRL's kNN monitor: k = 200, t = 0.1, cosine, weighted votes
     knn_temperature: float = 0.1
+    # kind = "mlp": BadEncoder's downstream classifier (spec 9.1): in-512-256-C, ReLU, dropout 0.5 after the
+    # first layer, Adam 1e-4, batch 64, 500 epochs, on L2-normalised features
+    mlp_hidden: tuple[int, ...] = added_field((512, 256))
+    mlp_dropout: float = added_field(0.5)
+    mlp_lr: float = added_field(1e-4)
+    mlp_batch_size: int = added_field(64)
+    mlp_epochs: int = added_field(500)
 
 
 def labelled_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -71,6 +79,36 @@ def fit_linear(feats: np.ndarray, labels: np.ndarray, num_classes: int, cfg: Pro
     return predict
 
 
+def fit_mlp(feats: np.ndarray, labels: np.ndarray, num_classes: int, cfg: ProbeConfig, seed: int):
+    """BadEncoder's downstream MLP on L2-normalised features (minibatch Adam); returns predict(features)."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    x = F.normalize(torch.from_numpy(feats).float(), dim=1)
+    y = torch.from_numpy(labels).long()
+    layers: list[torch.nn.Module] = []
+    width = x.shape[1]
+    for i, hidden in enumerate(cfg.mlp_hidden):
+        layers += [torch.nn.Linear(width, hidden), torch.nn.ReLU()]
+        if i == 0 and cfg.mlp_dropout > 0:
+            layers.append(torch.nn.Dropout(cfg.mlp_dropout))
+        width = hidden
+    net = torch.nn.Sequential(*layers, torch.nn.Linear(width, num_classes))
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.mlp_lr)
+    net.train()
+    for _ in range(cfg.mlp_epochs):
+        for batch in torch.randperm(len(x), generator=gen).split(cfg.mlp_batch_size):
+            opt.zero_grad()
+            F.cross_entropy(net(x[batch]), y[batch]).backward()
+            opt.step()
+    net.eval()
+
+    @torch.inference_mode()
+    def predict(query: np.ndarray) -> np.ndarray:
+        return net(F.normalize(torch.from_numpy(query).float(), dim=1)).argmax(1).numpy()
+
+    return predict
+
+
 def fit_knn(feats: np.ndarray, labels: np.ndarray, num_classes: int, cfg: ProbeConfig, seed: int):
     """Weighted cosine kNN (Wu et al. 2018 monitor) over the labelled split."""
     bank = F.normalize(torch.from_numpy(feats).float(), dim=1)
@@ -93,7 +131,7 @@ def fit_knn(feats: np.ndarray, labels: np.ndarray, num_classes: int, cfg: ProbeC
 def fit_probe(feats: np.ndarray, labels: np.ndarray, num_classes: int, cfg: ProbeConfig, seed: int):
     """Fit the configured probe on a labelled split chosen by ``seed``; returns predict()."""
     idx = labelled_split(labels, cfg.label_fraction, seed)
-    fit = {"linear": fit_linear, "knn": fit_knn}.get(cfg.kind)
+    fit = {"linear": fit_linear, "knn": fit_knn, "mlp": fit_mlp}.get(cfg.kind)
     if fit is None:
-        raise BenchError(f"unknown probe {cfg.kind!r}: use linear or knn")
+        raise BenchError(f"unknown probe {cfg.kind!r}: use linear, knn or mlp")
     return fit(feats[idx], labels[idx], num_classes, cfg, seed)

@@ -69,6 +69,7 @@ class CellRun:
     stages: Stages
     cell: Cell
     run_dir: Path
+    threat: str = "data"  # the kind of the cell's threat (``Attack.threat``)
 
     @property
     def config(self) -> Any:
@@ -80,7 +81,9 @@ class CellRun:
 
     def base_row(self, defense: str, encoder_key: str) -> dict[str, Any]:
         c, cell = self.config, self.cell
-        return {"dataset": c.dataset.label, "preset": c.preset, "attack": cell.attack,
+        downstream = c.downstream.label if c.downstream is not None else c.dataset.label
+        return {"dataset": c.dataset.label, "downstream": downstream, "preset": c.preset, "attack": cell.attack,
+                "threat": self.threat,
                 "targets": "+".join(map(str, cell.targets)), "rate": cell.rate, "seed": cell.seed,
                 "defense": defense, "ssl": c.ssl.method, "backbone": c.ssl.backbone, "epochs": c.train.epochs,
                 "probe": c.probe.kind, "label_fraction": c.probe.label_fraction, "encoder_key": encoder_key}

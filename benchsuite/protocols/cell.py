@@ -86,8 +86,8 @@ class CellResult:
 def run_cell(stages: Stages, cell: Cell, run_dir: Path, defenses: list[Defense]) -> CellResult:
     """Build the threat, run every defense on it, add the clean reference; rows in the grid's order."""
     used = len(stages.cache.used)
-    run = CellRun(stages, cell, run_dir)
     protocol = threat_protocol(stages, cell.attack)
+    run = CellRun(stages, cell, run_dir, protocol.kind)
     threat = protocol.prepare(run)
     rows: list[dict[str, Any]] = []
     for defense in defenses:

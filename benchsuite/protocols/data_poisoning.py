@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from benchsuite.api import Splits
 from benchsuite.core import distributed
 from benchsuite.protocols.base import CellRun, PlannedStage, Threat, ThreatProtocol
 from benchsuite.settings.validate import check_poison_counts
@@ -13,6 +14,10 @@ class DataPoisoning(ThreatProtocol):
     description = "poison a share of the training set; the victim pretrains its encoder on it from scratch"
 
     def check(self, stages: Stages, cells: list[Cell]) -> None:
+        for cell in cells:
+            for t in cell.targets:
+                stages.splits().check_target(t)
+                stages.downstream_splits().check_target(t)
         check_poison_counts(stages.splits(), [(stages.data_attack(c.attack), c.targets, c.rate) for c in cells])
 
     def inputs(self, stages: Stages, cell: Cell) -> dict[str, str]:
@@ -41,5 +46,5 @@ def save_pictures(run: CellRun, poisoning) -> None:
     stages, cell = run.stages, run.cell
     patched = {t: stages.patched_val(cell.attack, t, cell.seed) for t in cell.targets}  # every rank: cached stage
     if distributed.is_main():
-        save_attack_pictures(run.figures, stages.attack(cell.attack), poisoning, stages.splits(), patched,
-                             title=cell.label)
+        shown = Splits(stages.splits().train, stages.downstream_splits().val)  # what was poisoned, what patched
+        save_attack_pictures(run.figures, stages.attack(cell.attack), poisoning, shown, patched, title=cell.label)

@@ -20,6 +20,11 @@ class ModelPoisoning(ThreatProtocol):
     kind = name = "model"
     description = "fine-tune the clean pre-trained encoder into a backdoored one (shadow images, a trigger loss)"
 
+    def check(self, stages: Stages, cells: list[Cell]) -> None:
+        for cell in cells:
+            for t in cell.targets:  # the target is a class of the downstream task
+                stages.downstream_splits().check_target(t)
+
     def inputs(self, stages: Stages, cell: Cell) -> dict[str, str]:
         return {"clean": stages.clean_encoder_key(cell.seed), "backdoor": stages.backdoor_key(cell)}
 
@@ -50,4 +55,4 @@ def save_pictures(run: CellRun, backdoored: Backdoored, patched: dict) -> None:
     from benchsuite.reporting.attack_pictures import save_model_attack_pictures  # matplotlib: only here
 
     save_model_attack_pictures(run.figures, run.cell.attack, backdoored.triggers, backdoored.references,
-                               run.stages.splits(), patched, title=run.cell.label)
+                               run.stages.downstream_splits(), patched, title=run.cell.label)

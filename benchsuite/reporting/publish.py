@@ -39,6 +39,9 @@ METRIC_SETS = {
     "encoder_verdict": ["trojaned", "anomaly_index", "flagged", "clean_trojaned", "clean_anomaly_index",
                         *JUDGED, *(f"clean_{m}" for m in JUDGED), "mitigate_s"],
     "cost": COST_COLUMNS,
+    # model attacks in BadEncoder's terms: its ASR (target class included), the downstream task, the fine-tune
+    "badencoder": ["downstream", "badencoder_asr", "attack_effectiveness_cos", "attack_reference_cos",
+                   "attack_utility_cos", "attack_warnings"],
 }
 COLUMNS = PROVENANCE + IDENTITY + [m for metrics in METRIC_SETS.values() for m in metrics]
 KEY = ["config_hash", *IDENTITY]
@@ -61,7 +64,7 @@ def unescape_cell(value: str) -> str:
 
 def recipe_hash(config: dict[str, Any]) -> str:
     """The hash of what makes the numbers of a cell: every setting but the grid's axes."""
-    recipe = {k: v for k, v in config.items() if k != "grid"}
+    recipe = {k: v for k, v in config.items() if k != "grid" and not (k == "downstream" and v is None)}
     recipe["reference"] = config.get("grid", {}).get("reference")
     return stable_hash(recipe, length=12)
 
@@ -82,6 +85,8 @@ def leaderboard_rows(run_dir: Path) -> pd.DataFrame:
         for metric_set, metrics in METRIC_SETS.items():
             values = {m: record.get(m) for m in metrics}
             if metric_set != "probe" and all(pd.isna(v) for v in values.values()):
+                continue
+            if metric_set == "badencoder" and record.get("threat") != "model":  # data attacks: the probe set
                 continue
             rows.append({**provenance, **{k: record.get(k) for k in PROVENANCE if k in record},
                          **{k: record.get(k) for k in IDENTITY if k != "metric_set"},

@@ -15,8 +15,9 @@ RESULTS_FILE = "results.csv"
 
 # Documented in the README ("Results columns").
 COLUMNS = [
-    "dataset", "preset", "attack", "targets", "target", "rate", "seed", "defense",
-    "clean_acc", "clean_asr", "clean_fp", "patched_acc", "patched_asr", "patched_fp", "patched_confusion",
+    "dataset", "downstream", "preset", "attack", "threat", "targets", "target", "rate", "seed", "defense",
+    "clean_acc", "clean_asr", "clean_fp", "patched_acc", "patched_asr", "patched_fp", "badencoder_asr",
+    "patched_confusion",
     "n_train", "n_poison", "removed", "recall", "control_flag_rate", "precision",
     "top5_acc", "top10_acc", "top20_acc", "top50_acc", "top100_acc", "top500_acc",
     "top20_window_acc", "top50_window_acc", "top100_window_acc", "iou", "catch_rate", "iou_all", "catch_rate_all",

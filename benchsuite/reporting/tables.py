@@ -12,6 +12,8 @@
 - ``sslcleanse-encoders``: one row per judged encoder (each cell's poisoned one, each seed's clean one):
   K, anomaly index, verdict, the smallest-norm cluster's majority class, the reversed trigger's IoU and
   colour agreement with the real one, detection and mitigation time.
+- ``badencoder``: per downstream dataset, model attack and target: CA, BA, ASR, ASR-B (BadEncoder's Table;
+  its ASR counts the target class) beside the suite's target-excluded ASR.
 - ``cost``: per setting and defense, the wall / CPU time of the defense's own stages, ms per image and
   encoder forwards (filters), the pretraining time of the evaluated encoder, peak memory, device.
 
@@ -261,6 +263,38 @@ def _frame(records: list[dict]) -> pd.DataFrame:
     return frame
 
 
+def badencoder_frame(results: pd.DataFrame) -> pd.DataFrame | None:
+    """BadEncoder's table for the model attacks: per downstream dataset, attack and target, CA / ASR-B (the clean
+    encoder before the attack), BA / ASR (the backdoored one, each defense's too), ASR counting every triggered
+    image including the target class's (BadEncoder's), beside the suite's ASR without them (PatchSearch's)."""
+    if "threat" not in results or "badencoder_asr" not in results:
+        return None
+    model = results[results["threat"] == "model"]
+    if model.empty:
+        return None
+    records = []
+    by = "downstream" if "downstream" in model and model["downstream"].notna().all() else "dataset"
+    for (dataset, attack), block in model.groupby([by, "attack"], sort=False):
+        for target in dict.fromkeys(block["target"]):
+            rows = block[block["target"] == target]
+            clean = rows[rows["defense"] == REFERENCE_DEFENSE]
+            for defense in [d for d in _defense_order(rows) if d != REFERENCE_DEFENSE]:
+                attacked = rows[rows["defense"] == defense]
+                record = {("", "Downstream"): dataset, ("", "Attack"): attack, ("", "Target"): str(target),
+                          ("", "Defense"): display_name(defense)}
+                if len(attacked) and _not_applicable(attacked).all():
+                    record.update({("BadEncoder", k): "n/a" for k in ("CA", "BA", "ASR", "ASR-B")})
+                    record[("Ours", "ASR w/o target")] = "n/a"
+                else:
+                    record.update({("BadEncoder", "CA"): _over_seeds(clean, "clean_acc"),
+                                   ("BadEncoder", "BA"): _over_seeds(attacked, "clean_acc"),
+                                   ("BadEncoder", "ASR"): _over_seeds(attacked, "badencoder_asr"),
+                                   ("BadEncoder", "ASR-B"): _over_seeds(clean, "badencoder_asr"),
+                                   ("Ours", "ASR w/o target"): _over_seeds(attacked, "patched_asr")})
+                records.append(record)
+    return _frame(records) if records else None
+
+
 Layout = Callable[[pd.DataFrame], "pd.DataFrame | None"]
 LAYOUTS: dict[str, tuple[str, Layout]] = {
     "poisoncam-t1": ("PoisonCAM Table 1: ACC / ASR (%) on clean and patched validation data", table1_frame),
@@ -273,10 +307,14 @@ LAYOUTS: dict[str, tuple[str, Layout]] = {
     "sslcleanse-encoders": ("SSL-Cleanse per encoder: the smallest-norm cluster's class (majority of its sampled "
                             "images) and the reversed trigger against the real one (mask > 0.5; IoU at the "
                             "trigger's mean position and at the best position)", encoders_frame),
+    "badencoder": ("BadEncoder's table (model attacks): CA / BA = clean accuracy of the clean / backdoored encoder, "
+                   "ASR / ASR-B = triggered test images classified as the target, the target class included, on "
+                   "the backdoored / clean encoder (%)", badencoder_frame),
     "cost": ("Cost: wall / CPU time of each defense's own stages, per image and encoder forwards (filters), "
              "pretraining of the evaluated encoder, peak memory", cost_frame),
 }
-DEFAULT_LAYOUTS = ("poisoncam-t1", "detection", "sslcleanse", "sslcleanse-encoders")  # what `bench run` prints
+# what `bench run` prints (each where the results have rows for it)
+DEFAULT_LAYOUTS = ("poisoncam-t1", "badencoder", "detection", "sslcleanse", "sslcleanse-encoders")
 
 
 def grouped_frame(results: pd.DataFrame, defenses: list[str], metrics: list[tuple[str, str]]) -> pd.DataFrame:

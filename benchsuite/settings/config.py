@@ -17,8 +17,8 @@ from benchsuite.core.typed import from_dict
 from benchsuite.eval.probe import ProbeConfig
 from benchsuite.ssl.trainer import TrainConfig
 
-PRESETS = ("smoke", "smoke-detect", "small", "small-cpu", "paper", "paper-mocov3-vitb", "paper-mocov2-r18",
-           "paper-byol-r18")
+PRESETS = ("smoke", "smoke-detect", "small", "small-cpu", "badencoder-cpu", "paper", "paper-mocov3-vitb",
+           "paper-mocov2-r18", "paper-byol-r18")
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,9 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     device: str = "auto"
+    # the dataset the probe trains and is scored on when it is not the pre-training one (BadEncoder's
+    # downstream tasks: a CIFAR-10 encoder probed on GTSRB); None: the pre-training dataset
+    downstream: DatasetSpec | None = added_field(None)
 
     def __post_init__(self) -> None:
         _check_run(self)
@@ -103,8 +106,8 @@ def _check_run(config: RunConfig) -> None:
                          "or evaluate a trained backbone with --checkpoint FILE --epochs 0")
     if not probe.seeds:
         raise BenchError("probe.seeds is empty: give at least one probe seed, e.g. --set probe.seeds=[4787]")
-    if probe.kind not in ("linear", "knn"):
-        raise BenchError(f"probe.kind {probe.kind!r} is not known: set probe.kind to linear or knn")
+    if probe.kind not in ("linear", "knn", "mlp"):
+        raise BenchError(f"probe.kind {probe.kind!r} is not known: set probe.kind to linear, knn or mlp")
     if not 0 < probe.label_fraction <= 1:
         raise BenchError(f"probe.label_fraction = {probe.label_fraction} must be in (0, 1]: e.g. 0.01 (the papers)")
     if probe.epochs < 1 or probe.knn_k < 1:

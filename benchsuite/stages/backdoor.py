@@ -42,15 +42,17 @@ class BackdoorStage(StageBase):
 
     def backdoor_key(self, cell: Cell) -> str:
         attack = self.attack(cell.attack)
+        # the reference images come from the downstream training split (the pre-training one unless set)
+        downstream = () if self.config.downstream is None else (self.downstream_key,)
         return stable_hash("backdoor", self.clean_encoder_key(cell.seed), cell.attack, attack.config, cell.targets,
-                           cell.seed, *self.attack_files_and_version(cell.attack),
+                           cell.seed, *self.attack_files_and_version(cell.attack), *downstream,
                            *code_versions(stage=self.BACKDOOR_VERSION))
 
     def backdoored(self, cell: Cell) -> Backdoored:
         """The cell's backdoored encoder (cached), made from the seed's clean encoder and the shadow images."""
         splits = self.splits()
         for t in cell.targets:
-            splits.check_target(t)
+            self.downstream_splits().check_target(t)
         attack = self.model_attack(cell.attack)
         key = self.backdoor_key(cell)
         folder = self.cache.dir("backdoor", key)
@@ -71,7 +73,7 @@ class BackdoorStage(StageBase):
             shadow_idx = np.asarray(attack.shadow_indices(len(splits.train), cell.seed), dtype=np.int64)
             shadow = ImageDataset(splits.train.images[shadow_idx], splits.train.labels[shadow_idx], splits.classes)
             norm = AugmentConfig()  # the normalisation the features are extracted with
-            context = AttackContext(self.device, folder, norm.mean, norm.std)
+            context = AttackContext(self.device, folder, norm.mean, norm.std, self.downstream_splits().train)
             result: Backdoor = attack.backdoor(clean.backbone, shadow, list(cell.targets), cell.seed, context)
             save_tensors(weights, result.encoder.state_dict())
             save_arrays(folder / "backdoor-images.npz", **{f"trigger_{t}": v for t, v in result.triggers.items()},

@@ -80,9 +80,8 @@ class StageBase:
         self.registry = registry
         self.cache = StageCache(cache_root)
         self.device = distributed.setup(resolve_device(config.device))  # torchrun: this rank's GPU
-        self._splits: Splits | None = None
-        self._data_key: str | None = None
-        self._dataset_stage_key: str | None = None
+        self._datasets: dict[str, tuple[Splits, str]] = {}  # spec digest -> (splits, data key)
+        self._dataset_stage_keys: dict[str, str] = {}
         self._dataset_files: dict[str, Any] = {}
         self._attack_inputs: dict[str, tuple[dict[str, str], ...]] = {}
         self._start_hash: str | None = None

@@ -11,13 +11,15 @@ from benchsuite.stages.base import StageBase, save_arrays
 
 
 class PatchedStage(StageBase):
-    """Key: the data, the attack's identity (name, resolved config, files, code version), target and seed."""
+    """The validation split of the downstream dataset (the pre-training one unless ``[downstream]``) with a
+    target's trigger on every image. Key: that data, the attack's identity (name, resolved config, files,
+    code version), target and seed."""
 
     PATCHED_VERSION = 0
 
     def patched_key(self, attack_name: str, target: int, seed: int) -> str:
         attack = self.attack(attack_name)
-        return stable_hash("patched", self.dataset_key, attack_name, attack.config, target, seed,
+        return stable_hash("patched", self.downstream_key, attack_name, attack.config, target, seed,
                            *self.attack_files_and_version(attack_name), *code_versions(stage=self.PATCHED_VERSION))
 
     def patched_val(self, attack_name: str, target: int, seed: int) -> PatchedSet:
@@ -34,7 +36,7 @@ class PatchedStage(StageBase):
                 return PatchedSet(open_array(folder / "images.npy"), d["labels"], d["boxes"])
 
         def compute() -> PatchedSet:
-            patched = attack.patch_val(self.splits().val, target, seed)
+            patched = attack.patch_val(self.downstream_splits().val, target, seed)
             save_array(folder / "images.npy", patched.images)
             save_arrays(folder / "patched-meta.npz", labels=patched.labels, boxes=patched.boxes)
             self.cache.mark_done("patched", key, {"attack": attack_name, "target": target})

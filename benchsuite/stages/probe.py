@@ -15,6 +15,7 @@ from benchsuite.eval.metrics import (
     confusion_matrix,
     false_positives,
     prediction_shares,
+    target_share,
 )
 from benchsuite.eval.probe import fit_probe
 from benchsuite.stages.base import Cell, Encoder, StageBase
@@ -24,11 +25,11 @@ class ProbeStage(StageBase):
     """Key: the encoder, the probe config, and the keys of the patched sets it is scored on (so an attack's
     config, trigger files or code version reach the probe through them, as they reach the patched set)."""
 
-    PROBE_VERSION = 0
+    PROBE_VERSION = 1  # 1: the rows gained badencoder_asr
 
     def probe_key(self, encoder_key: str, cell: Cell) -> str:
         patched = [self.patched_key(cell.attack, t, cell.seed) for t in cell.targets]
-        return stable_hash("probe", encoder_key, self.dataset_key, self.config.probe, patched,
+        return stable_hash("probe", encoder_key, self.downstream_key, self.config.probe, patched,
                            *code_versions(stage=self.PROBE_VERSION))
 
     def evaluate(self, encoder: Encoder, cell: Cell) -> list[dict[str, Any]]:
@@ -37,10 +38,10 @@ class ProbeStage(StageBase):
         path = self.cache.dir("probe", key) / "metrics.json"
 
         def compute() -> list[dict[str, Any]]:
-            splits = self.splits()
+            splits = self.downstream_splits()
             n_cls = splits.train.num_classes
-            train_f = self.features(encoder, splits.train.images, "train", self.dataset_key)
-            val_f = self.features(encoder, splits.val.images, "val", self.dataset_key)
+            train_f = self.features(encoder, splits.train.images, "train", self.downstream_key)
+            val_f = self.features(encoder, splits.val.images, "val", self.downstream_key)
             patched = {t: self.patched_val(cell.attack, t, cell.seed) for t in cell.targets}
             patched_f = {t: self.features(encoder, p.images, "patched", self.patched_key(cell.attack, t, cell.seed))
                          for t, p in patched.items()}
@@ -54,13 +55,14 @@ class ProbeStage(StageBase):
             rows = []
             for t in cell.targets:
                 stats = np.array([[accuracy(c), attack_success_rate(c, t), false_positives(c, t),
-                                   accuracy(p), attack_success_rate(p, t), false_positives(p, t)]
+                                   accuracy(p), attack_success_rate(p, t), false_positives(p, t),
+                                   target_share(p, t)]
                                   for c, p in (s[t] for s in per_seed)])
                 mean = stats.mean(0)
                 # where trigger t sends the non-target images, % per predicted class (issue #14)
                 shares = np.mean([prediction_shares(s[t][1], t) for s in per_seed], axis=0)
                 rows.append(dict(target=t, clean_acc=mean[0], clean_asr=mean[1], clean_fp=mean[2],
-                                 patched_acc=mean[3], patched_asr=mean[4], patched_fp=mean[5],
+                                 patched_acc=mean[3], patched_asr=mean[4], patched_fp=mean[5], badencoder_asr=mean[6],
                                  patched_confusion=[round(float(v), 2) for v in shares]))
             save_json(path, rows)
             self.cache.mark_done("probe", key, {"encoder": encoder.key})
