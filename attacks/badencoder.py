@@ -20,6 +20,7 @@ from torch import nn
 from benchsuite.api import Attack, Backdoor, ImageDataset, ModelAttack, PatchedSet, hookimpl
 from benchsuite.core.console import progress_bar
 from benchsuite.core.errors import BenchError
+from benchsuite.encoder_attacks.distances import mean_pairwise_cosine
 from benchsuite.encoder_attacks.finetune import (
     augment_references,
     embed,
@@ -31,6 +32,7 @@ from benchsuite.encoder_attacks.finetune import (
 from benchsuite.encoder_attacks.trigger import Trigger, corner_square, trigger_from_file
 from benchsuite.ssl.augment import to_float
 
+SELF_SIMILARITY_SAMPLE = 512  # shadow images behind the triggered embeddings' self-similarity
 UTILITY_FLOOR = 0.9  # a final utility cosine below this: the encoder has collapsed (spec 9.1)
 
 
@@ -100,25 +102,35 @@ class BadEncoder(ModelAttack):
 
     def backdoor(self, clean: nn.Module, shadow: ImageDataset, targets: list[int], seed: int, context) -> Backdoor:
         if len(targets) != 1:
-            raise BenchError(f"badencoder backdoors one target per cell, got {targets}: give one target per cell")
+            raise BenchError(f"{self.name} backdoors one target per cell, got {targets}: give one target per cell")
         target = targets[0]
         trigger = self.trigger(shadow.image_size)
         pool = getattr(context, "references", None)
         references = self.reference_images(pool if pool is not None else shadow, target, seed)
-        student, history = train_badencoder(clean, shadow.images, references, trigger, self.config, seed,
-                                            context.device, context.mean, context.std, self.name)
-        return finished(student, trigger, target, references, history)
+        student, history = self.fine_tune(clean, shadow.images, references, trigger, seed, context)
+        return finished(student, trigger, target, references, history, shadow.images, context)
+
+    def fine_tune(self, clean: nn.Module, images: np.ndarray, references: np.ndarray, trigger: Trigger, seed: int,
+                  context) -> tuple[nn.Module, list[dict[str, float]]]:
+        """The fine-tuned copy of ``clean`` and its per-epoch statistics (DRUPE overrides this)."""
+        return train_badencoder(clean, images, references, trigger, self.config, seed, context.device,
+                                context.mean, context.std, self.name)
 
 
 def finished(student: nn.Module, trigger: Trigger, target: int, references: np.ndarray,
-             history: list[dict[str, float]]) -> Backdoor:
-    """The :class:`Backdoor` of a fine-tuned encoder, with the collapsed-utility warning (spec 9.1)."""
-    last = history[-1] if history else {}
+             history: list[dict[str, float]], shadow: np.ndarray, context) -> Backdoor:
+    """The :class:`Backdoor` of a fine-tuned encoder, with the collapsed-utility warning (spec 9.1) and the
+    statistic DRUPE is built to hide: the mean pairwise cosine of triggered shadow embeddings."""
+    sample = shadow[np.linspace(0, len(shadow) - 1, min(SELF_SIMILARITY_SAMPLE, len(shadow))).astype(np.int64)]
+    triggered = embed(student, trigger.paste(sample), context.mean, context.std, context.device)
+    clean = embed(student, sample, context.mean, context.std, context.device)
+    last = {**(history[-1] if history else {}), "triggered_self_cos": float(mean_pairwise_cosine(triggered)),
+            "clean_self_cos": float(mean_pairwise_cosine(clean))}
     warnings = []
     if last.get("utility_cos", 1.0) < UTILITY_FLOOR:
         warnings.append(f"the utility cosine ended at {last['utility_cos']:.3f} < {UTILITY_FLOOR}: the encoder "
                         "has collapsed on clean images; raise lambda2 or lower lr")
-    metrics = {k: round(float(v), 4) for k, v in last.items() if k != "epoch"}
+    metrics = {k: round(float(v), 4) for k, v in last.items() if k not in ("epoch", "kept")}
     return Backdoor(student.cpu(), {target: trigger.image()}, {target: references}, history, metrics, warnings)
 
 

@@ -221,3 +221,4 @@ def test_an_attack_version_bump_recomputes_its_patched_set_and_the_clean_models_
     clean_key = first.loc[first["defense"] == "clean-model", "encoder_key"].item()
     assert clean_key == second.loc[second["defense"] == "clean-model", "encoder_key"].item()
     assert clean_key in before["pretrain"]
+

@@ -38,7 +38,9 @@ def cells(config: RunConfig, expand: Callable[[str, tuple[int, ...]], tuple[int,
 def run_id(config: RunConfig) -> str:
     """Same configuration -> same run directory, so a rerun resumes into it."""
     data = config.to_dict()
-    data["grid"] = keyed_fields(config.grid)  # a grid option added later moves the run only when it is set
+    # options added later (to the grid, the probe) move the run only when they are set
+    data["grid"] = keyed_fields(config.grid)
+    data["probe"] = keyed_fields(config.probe)
     if data.get("downstream") is None:  # likewise the downstream dataset
         data.pop("downstream", None)
     return f"{config.preset}-{config.dataset.name}-{stable_hash(data, length=8)}"
