@@ -122,7 +122,8 @@ def parser() -> argparse.ArgumentParser:
 
     doctor = sub.add_parser("doctor", help="what this machine can run, and how long a preset's grid would take here")
     doctor.add_argument("--preset", default="smoke", help=f"{', '.join(PRESETS)} or a .toml file (default: smoke)")
-    for option in ("attack", "defense", "targets", "seeds", "rates", "dataset", "data-path", "ssl", "backbone"):
+    for option in ("attack", "defense", "targets", "seeds", "rates", "dataset", "data-path", "downstream", "ssl",
+                   "backbone"):
         doctor.add_argument(f"--{option}", help=f"as for bench run --{option}")
     doctor.add_argument("--epochs", type=int, help="pretraining epochs")
     doctor.add_argument("--device", help="auto, cpu or cuda[:N] (with --gpu-check, cpu runs the checks on the CPU)")

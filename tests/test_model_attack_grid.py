@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from benchsuite.cli import main
 from benchsuite.core.console import console
@@ -101,3 +102,20 @@ def test_a_downstream_dataset_other_than_the_pretraining_one(tmp_path):
     assert any((reference == m).all() for m in members)  # a downstream image of the target class
     patched = np.load(next(cache.glob("patched/*/images.npy")))
     assert len(patched) == len(task.val)
+
+
+def test_the_projection_prices_the_backdoor_and_one_clean_encoder_per_seed():
+    from benchsuite.settings.config import build_config, read_preset
+    from benchsuite.settings.registry import get_registry
+    from benchsuite.tools.projection import DataShape, Measurements, project
+    from benchsuite.tools.throughput import Rate
+
+    data = read_preset("badencoder-cpu")
+    data["grid"]["seeds"] = [0, 1]
+    config = build_config(data)
+    shape = DataShape(40_000, 10_000, 32, 10, "test")
+    m = Measurements(Rate(100.0, 64, 3), Rate(1000.0, 64, 3), probe_s=1.0, feature_dim=256)
+    stages = {s.name: s for s in project(config, get_registry(), shape, m)}
+    assert stages["pretrain: clean reference"].runs == 2 and "pretrain: poisoned encoder" not in stages
+    backdoor = stages["backdoor: badencoder"]
+    assert backdoor.runs == 2 and backdoor.seconds_each == pytest.approx(12 * 10_000 / 100.0)

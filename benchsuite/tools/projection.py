@@ -339,8 +339,13 @@ def project(config: RunConfig, registry: Registry, data: DataShape, m: Measureme
     tally = _Tally()
     for plan in plans:
         for planned in plan.threat:
-            if planned.stage == "pretrain":
+            if planned.stage == "pretrain" and planned.per_seed:  # a model attack's clean encoder = the reference
+                tally.add("pretrain: clean reference", epochs_text(n), pretrain_s(n), plan.cell.seed)
+            elif planned.stage == "pretrain":
                 tally.add("pretrain: poisoned encoder", epochs_text(n), pretrain_s(n))
+            elif planned.stage == "backdoor":
+                tally.add(f"backdoor: {plan.cell.attack}", *_backdoor_price(config, registry, plan.cell.attack, n,
+                                                                           m.ssl_step.images_per_s))
             elif planned.stage != "poison":  # poisoning is a copy of the training set
                 tally.add(f"{planned.stage}: threat (plugin)", "not projected", float("nan"))
         for _reference in plan.reference:
@@ -368,6 +373,22 @@ def project(config: RunConfig, registry: Registry, data: DataShape, m: Measureme
     probes = (n_cells * evaluated + (n_cells if reference else 0)) * len(config.probe.seeds)
     stages.append(Stage(f"probe ({config.probe.kind})", probes, "fit + predict", m.probe_s))
     return stages
+
+
+def _backdoor_price(config: RunConfig, registry: Registry, attack: str, n: int, ssl_rate: float) -> tuple[str, float]:
+    """A model attack's fine-tune: epochs x shadow images, each a forward and backward of the clean and the
+    triggered image (as an SSL step's two views); attacks without ``epochs`` / ``shadow_*`` options are not
+    projected."""
+    cls = registry.get("attack", attack)
+    try:
+        cfg = config_from_options(cls.Config, config.attack.get(attack, {}), f"attack {attack}")
+    except Exception:  # noqa: BLE001 - a plan never fails on an attack's options
+        return "not projected", float("nan")
+    epochs, fraction, count = (getattr(cfg, k, None) for k in ("epochs", "shadow_fraction", "shadow_count"))
+    if epochs is None or fraction is None:
+        return "not projected", float("nan")
+    shadow = count or int(round(fraction * n))
+    return f"{epochs} epochs x {shadow:,} shadow images", epochs * shadow / ssl_rate
 
 
 def _encoder_defense_stages(planned: Any, n: int, fwd_rate: float, ssl_rate: float,
