@@ -65,9 +65,18 @@ def test_a_broken_plugin_is_reported_and_the_others_still_load():
 
 
 @pytest.mark.parametrize("name", REGISTRY.names("attack"))
-def test_every_attack_poisons_deterministically(name, tiny_splits):
+def test_every_attack_declares_a_threat_and_a_config_and_patches_deterministically(name, tiny_splits):
     cls = REGISTRY.get("attack", name)
     assert issubclass(cls, Attack) and dataclasses.is_dataclass(cls.Config)
+    assert cls.threat in REGISTRY.names("threat_protocol")
+    a, b = (cls().patch_val(tiny_splits.val, 1, seed=3) for _ in range(2))
+    np.testing.assert_array_equal(a.images, b.images)
+    assert a.images.shape == tiny_splits.val.images.shape and (a.images != tiny_splits.val.images).any()
+
+
+@pytest.mark.parametrize("name", [n for n in REGISTRY.names("attack") if REGISTRY.get("attack", n).threat == "data"])
+def test_every_data_attack_poisons_deterministically(name, tiny_splits):
+    cls = REGISTRY.get("attack", name)
     attack = cls()
     if "trigger_size" in {f.name for f in dataclasses.fields(cls.Config)}:
         attack = cls(cls.Config(trigger_size=6))
