@@ -119,3 +119,13 @@ def test_the_projection_prices_the_backdoor_and_one_clean_encoder_per_seed():
     assert stages["pretrain: clean reference"].runs == 2 and "pretrain: poisoned encoder" not in stages
     backdoor = stages["backdoor: badencoder"]
     assert backdoor.runs == 2 and backdoor.seconds_each == pytest.approx(12 * 10_000 / 100.0)
+
+
+def test_a_bad_trigger_or_target_is_refused_before_the_clean_encoder_trains(tmp_path, capsys):
+    for extra, message in ((["--set", "attack.badencoder.trigger_side=40"], "does not fit"),
+                           (["--set", 'attack.badencoder.trigger="/nonexistent.png"'], "trigger file"),
+                           (["--targets", "12"], "12")):
+        assert main([*_args(tmp_path), *extra]) == 2
+        err = capsys.readouterr().err
+        assert "error:" in err and message in err and "Traceback" not in err
+    assert not list((tmp_path / "runs" / "cache").glob("pretrain/*/DONE"))  # refused before any training

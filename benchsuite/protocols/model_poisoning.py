@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from benchsuite.api import ImageDataset
 from benchsuite.core import distributed
 from benchsuite.core.console import note
 from benchsuite.protocols.base import CellRun, PlannedStage, Threat, ThreatProtocol
@@ -21,9 +22,15 @@ class ModelPoisoning(ThreatProtocol):
     description = "fine-tune the clean pre-trained encoder into a backdoored one (shadow images, a trigger loss)"
 
     def check(self, stages: Stages, cells: list[Cell]) -> None:
+        """Targets of the downstream task, and a trigger that can be made (its file, its size) before the
+        clean encoder trains: patching one validation image builds it."""
+        downstream = stages.downstream_splits()
+        val = downstream.val
+        one = ImageDataset(val.images[:1], val.labels[:1], val.classes)
         for cell in cells:
             for t in cell.targets:  # the target is a class of the downstream task
-                stages.downstream_splits().check_target(t)
+                downstream.check_target(t)
+                stages.attack(cell.attack).patch_val(one, t, cell.seed)
 
     def inputs(self, stages: Stages, cell: Cell) -> dict[str, str]:
         return {"clean": stages.clean_encoder_key(cell.seed), "backdoor": stages.backdoor_key(cell)}
