@@ -19,6 +19,7 @@ from benchsuite.reporting.results import load_results
 from benchsuite.reporting.tables import (
     DEFAULT_LAYOUTS,
     LAYOUTS,
+    guard_notes,
     latex_table,
     markdown_table,
     not_applicable_notes,
@@ -260,7 +261,7 @@ def print_tables(results, fmt: str = "rich", layouts: tuple[str, ...] = DEFAULT_
             frame.to_csv(sys.stdout, index=False)
         else:
             Console(width=max(console.width, table_width(frame))).print(rich_table(frame, title))
-    for line in not_applicable_notes(results):
+    for line in [*not_applicable_notes(results), *guard_notes(results)]:
         print(line)
 
 

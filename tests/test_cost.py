@@ -205,8 +205,8 @@ def test_cost_layout_over_seeds_and_devices(capsys):
                           "cost_peak_rss_mb": [100.0, 300.0, 50.0], "cost_peak_cuda_mb": [None, None, None],
                           "cost_device": ["cpu", "cuda", "cpu"]})
     table = cost_frame(frame).droplevel(0, axis=1).set_index("Defense")
-    assert table.loc["PoisonCAM", "Defense (s)"] == "3.0 ± 1.0"
-    assert table.loc["PoisonCAM", "Encoder forwards"] == "2000 ± 1000"
+    assert table.loc["PoisonCAM", "Defense (s)"] == "3.0 ± 1.4 (n=2)"
+    assert table.loc["PoisonCAM", "Encoder forwards"] == "2000 ± 1414 (n=2)"
     assert table.loc["PoisonCAM", "Device"] == "cpu, cuda" and table.loc["w/o Defense", "Defense (s)"] == "-"
     assert cost_frame(frame.drop(columns=COST_COLUMNS)) is None  # a results file from before costs
     for fmt in ("rich", "markdown", "latex", "csv"):

@@ -149,6 +149,17 @@ def test_filter_that_finds_no_trigger_flags_no_new_image(planted, tmp_path):
     det = run("patchsearch", p.images[:60], encoder, tmp_path, num_clusters=4, top_k=5, min_flip_fraction=1.01)
     assert not det.extras["trigger_found"] and not det.remove.any()
     assert not det.flag(p.images[:7]).any() and det.flag(p.images[:7]).shape == (7,)
+    # what the guard tested is kept: the best candidate's flips over the flip set, below the guard's 101 %
+    assert 0.0 <= det.extras["best_flip_share"] < 1.01 and det.extras["guard"] == 1.01
+    assert det.n_scored == det.extras["scored"] <= 60
+
+
+def test_the_official_code_mode_has_no_no_trigger_guard(planted, tmp_path):
+    """Neither paper nor code has the guard: under compat = "code" a filter goes on to its classifier."""
+    p, encoder = planted
+    det = run("patchsearch", p.images[:60], encoder, tmp_path, num_clusters=4, top_k=5, min_flip_fraction=1.01,
+              compat="code", classifier_iterations=5)
+    assert det.extras["trigger_found"] and det.extras["guard"] == 0.0 and "classifier_f1" in det.extras
 
 
 @pytest.mark.slow

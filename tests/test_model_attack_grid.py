@@ -73,8 +73,8 @@ def test_the_badencoder_table_reads_ca_ba_asr_and_asr_b():
               "images; this threat poisons no training data"}]
     frame = badencoder_frame(pd.DataFrame(rows))
     none = frame[frame[("", "Defense")] == "w/o Defense"].iloc[0]
-    assert none[("BadEncoder", "CA")] == "72.0 ± 0.0" and none[("BadEncoder", "BA")].startswith("70.5")
-    assert none[("BadEncoder", "ASR")] == "99.0 ± 0.0" and none[("BadEncoder", "ASR-B")].startswith("10.5")
+    assert none[("BadEncoder", "CA")] == "72.0 ± 0.0 (n=2)" and none[("BadEncoder", "BA")].startswith("70.5")
+    assert none[("BadEncoder", "ASR")] == "99.0 ± 0.0 (n=2)" and none[("BadEncoder", "ASR-B")].startswith("10.5")
     assert none[("Ours", "ASR w/o target")].startswith("98.9")
     ps = frame[frame[("", "Defense")] == "PatchSearch"].iloc[0]
     assert ps[("BadEncoder", "ASR")] == "n/a"

@@ -19,12 +19,29 @@ def test_table1_groups_defenses_and_averages_targets_then_seeds():
     frame = table1_frame(pd.DataFrame(rows))
     assert list(frame[("", "Target")]) == ["0", "1", "Average"]
     assert list(frame[("", "Rate")]) == ["100%"] * 3
-    # target 0: seeds 30 and 50 -> 40 ± 10 (population std over seeds)
-    assert frame[("w/o Defense", "Patched ASR")].tolist() == ["40.0 ± 10.0", "10.0 ± 0.0", "25.0 ± 5.0"]
-    assert frame[("Clean model (ref.)", "Patched ASR")].tolist() == ["1.0 ± 0.0", "3.0 ± 0.0", "2.0 ± 0.0"]
+    # target 0: seeds 30 and 50 -> 40 ± 14.1 (sample std over the two seeds: sqrt(200)); average row: per seed
+    # the mean over targets (20, 30) -> 25 ± 7.1
+    assert frame[("w/o Defense", "Patched ASR")].tolist() == ["40.0 ± 14.1 (n=2)", "10.0 ± 0.0 (n=2)",
+                                                              "25.0 ± 7.1 (n=2)"]
+    assert frame[("Clean model (ref.)", "Patched ASR")].tolist() == ["1.0 ± 0.0 (n=2)", "3.0 ± 0.0 (n=2)",
+                                                                     "2.0 ± 0.0 (n=2)"]
     # the reference is the last column group
     assert frame.columns[-1] == ("Clean model (ref.)", "Patched ASR")
     assert "w/o Defense Patched ASR" in markdown_table(frame)
+
+
+def test_a_seed_without_a_value_is_shown_in_the_count_not_dropped_silently():
+    rows = [_row(0, 0, "none", 30.0), _row(0, 1, "none", 50.0), _row(0, 2, "none", float("nan"))]
+    frame = table1_frame(pd.DataFrame(rows))
+    assert frame[("w/o Defense", "Patched ASR")].tolist() == ["40.0 ± 14.1 (n=2 of 3)"]
+    frame = table1_frame(pd.DataFrame(rows[:1] + rows[2:]))
+    assert frame[("w/o Defense", "Patched ASR")].tolist() == ["30.0 (n=1 of 2)"]
+
+
+def test_three_seeds_use_the_sample_std():
+    rows = [_row(0, s, "none", v) for s, v in enumerate([10.0, 20.0, 60.0])]
+    # mean 30, sample std sqrt(((20)^2 + (10)^2 + (30)^2) / 2) = sqrt(700) = 26.46 (population std: 21.6)
+    assert table1_frame(pd.DataFrame(rows))[("w/o Defense", "Patched ASR")].tolist() == ["30.0 ± 26.5 (n=3)"]
 
 
 def test_a_single_seed_shows_plain_values():
@@ -56,7 +73,7 @@ def test_patchsearch_table2_names_rows_like_the_paper():
             _row(0, 0, "patchsearch", 2.0)]
     frame = patchsearch_t2_frame(pd.DataFrame(rows))
     assert list(frame[("", "Model")]) == ["Clean", "Backdoored", "PatchSearch"]
-    assert list(frame[("Patched Data", "ASR")]) == ["1.0", "40.0 ± 10.0", "2.0"]
+    assert list(frame[("Patched Data", "ASR")]) == ["1.0", "40.0 ± 14.1 (n=2)", "2.0"]
 
 
 def test_rich_table_has_one_block_per_attack():

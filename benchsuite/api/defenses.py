@@ -36,6 +36,9 @@ class Detection:
     remove: np.ndarray  # (N,) bool, the images the suite drops before retraining
     windows: np.ndarray | None = None  # (N, 4) x, y, w, h of the located trigger, -1 rows where none
     extras: dict[str, Any] = field(default_factory=dict)  # anything else worth keeping (small)
+    # how many images the defense actually scored (a search may score a subset and rank the rest by a fill
+    # value); top-k metrics beyond it are NaN. None: every image was scored
+    n_scored: int | None = None
     # the filter's decision on new (N, H, W, 3) uint8 images, as ``remove`` on the training set; the suite
     # scores its pasting control with it right after ``detect`` (not cached). None: cannot judge new images
     flag: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from benchsuite import __version__
 from benchsuite.core import distributed
@@ -38,6 +39,7 @@ def cells(config: RunConfig, expand: Callable[[str, tuple[int, ...]], tuple[int,
 def run_id(config: RunConfig) -> str:
     """Same configuration -> same run directory, so a rerun resumes into it."""
     data = config.to_dict()
+    data.pop("cpu_threads", None)  # a compute setting, as the device
     # options added later (to the grid, the probe) move the run only when they are set
     data["grid"] = keyed_fields(config.grid)
     data["probe"] = keyed_fields(config.probe)
@@ -58,6 +60,8 @@ class GridRunner:
         self.config = config
         self.registry = registry
         self.out = Path(out)
+        if config.cpu_threads:  # before any stage (and before provenance records the count)
+            torch.set_num_threads(config.cpu_threads)
         self.run_dir = self.out / run_id(config)
         self.stages = Stages(config, registry, self.out / "cache")
         self._cell_stages: dict[Cell, list[list[str]]] = {}  # the (stage, key) pairs each cell ran through

@@ -18,12 +18,30 @@ WINDOW_K = (20, 50, 100)  # PoisonCAM Figure 1's Detection ACC
 CONTROL_SIZE = 500  # clean images with a pasted foreign square, for the pasting control
 
 
+def _percent(part: int, whole: int) -> float:
+    """``100 * part / whole``; NaN (undefined, not 0) when ``whole`` is 0."""
+    return 100.0 * part / whole if whole else float("nan")
+
+
 def removal_metrics(remove: np.ndarray, poison_mask: np.ndarray) -> dict[str, float]:
-    """Total removed, recall and precision (percent) of a removal mask."""
+    """Total removed, recall and precision (percent) of a removal mask.
+
+    Recall without any poison and precision with nothing removed are undefined: NaN, which the tables show
+    as ``n/a`` and leave out of means.
+    """
     caught = int((remove & poison_mask).sum())
     return {"removed": int(remove.sum()),
-            "recall": 100.0 * caught / max(1, int(poison_mask.sum())),
-            "precision": 100.0 * caught / max(1, int(remove.sum()))}
+            "recall": _percent(caught, int(poison_mask.sum())),
+            "precision": _percent(caught, int(remove.sum()))}
+
+
+def guard_columns(extras: dict) -> dict[str, float]:
+    """``trigger_found`` (False: a no-trigger guard fired and the filter removed nothing) and ``best_flip_share``
+    (what the guard tested) from a filter's extras; NaN for a filter without a guard."""
+    found = extras.get("trigger_found")
+    share = extras.get("best_flip_share")
+    return {"trigger_found": float("nan") if found is None else bool(found),
+            "best_flip_share": float("nan") if share is None else 100.0 * float(share)}
 
 
 def random_removal(n: int, count: int, seed: int) -> np.ndarray:
@@ -41,10 +59,18 @@ def ranking(scores: np.ndarray) -> np.ndarray:
     return np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
 
 
-def topk_accuracy(scores: np.ndarray, poison_mask: np.ndarray, ks=TOP_K) -> dict[str, float]:
-    """Percent of poisons among the k highest-scored images; NaN when k exceeds the dataset."""
+def _fits(k: int, scores: np.ndarray, n_scored: int | None) -> bool:
+    """Is the top-k made of scored images only? A search that scores a subset fills the rest of the ranking
+    with images it never looked at (in index order), which say nothing of the defense."""
+    return k <= (len(scores) if n_scored is None else min(n_scored, len(scores)))
+
+
+def topk_accuracy(scores: np.ndarray, poison_mask: np.ndarray, ks=TOP_K,
+                  n_scored: int | None = None) -> dict[str, float]:
+    """Percent of poisons among the k highest-scored images; NaN when k exceeds the dataset or the
+    ``n_scored`` images the defense scored (None: all)."""
     order = ranking(scores)
-    return {f"top{k}_acc": (100.0 * poison_mask[order[:k]].mean() if k <= len(order) else float("nan"))
+    return {f"top{k}_acc": (100.0 * poison_mask[order[:k]].mean() if _fits(k, scores, n_scored) else float("nan"))
             for k in ks}
 
 
@@ -82,15 +108,15 @@ def _has_boxes(windows: np.ndarray | None, boxes: np.ndarray) -> bool:
 
 
 def topk_window_accuracy(scores: np.ndarray, windows: np.ndarray | None, boxes: np.ndarray,
-                         ks=WINDOW_K) -> dict[str, float]:
+                         ks=WINDOW_K, n_scored: int | None = None) -> dict[str, float]:
     """PoisonCAM's Detection ACC (percent): share of the k top-ranked images whose located window holds any
     part of their trigger (a clean image or a missing window is a miss). NaN when k exceeds the dataset or
-    window metrics do not apply (no windows, or a trigger without a box)."""
+    the scored images, or window metrics do not apply (no windows, or a trigger without a box)."""
     applies = _has_boxes(windows, boxes)
     order = ranking(scores)
     out = {}
     for k in ks:
-        if not applies or k > len(order):
+        if not applies or not _fits(k, scores, n_scored):
             out[f"top{k}_window_acc"] = float("nan")
             continue
         top = order[:k]
@@ -100,15 +126,17 @@ def topk_window_accuracy(scores: np.ndarray, windows: np.ndarray | None, boxes: 
     return out
 
 
-def window_metrics(scores: np.ndarray, windows: np.ndarray | None, boxes: np.ndarray, k: int = 20) -> dict[str, float]:
+def window_metrics(scores: np.ndarray, windows: np.ndarray | None, boxes: np.ndarray, k: int = 20,
+                   n_scored: int | None = None) -> dict[str, float]:
     """Mean IoU and catch rate (percent) of the located windows of the top-k ranked images.
 
     ``iou`` / ``catch_rate``: over the top-k images that carry a trigger box and have a window (NaN if none);
     ``iou_all`` / ``catch_rate_all``: over all k, a clean image or a missing window counting 0 (PoisonCAM
-    Figures 4-5). All NaN when the defense locates no windows or the attack's trigger has no box.
+    Figures 4-5). All NaN when the defense locates no windows, the attack's trigger has no box, or k exceeds
+    the ``n_scored`` images the defense scored.
     """
     nan = {"iou": float("nan"), "catch_rate": float("nan"), "iou_all": float("nan"), "catch_rate_all": float("nan")}
-    if not _has_boxes(windows, boxes):
+    if not _has_boxes(windows, boxes) or not _fits(k, scores, n_scored):
         return nan
     top = ranking(scores)[:k]
     iou, cr = box_iou(windows[top], boxes[top]), catch_rate(windows[top], boxes[top])
@@ -120,19 +148,20 @@ def window_metrics(scores: np.ndarray, windows: np.ndarray | None, boxes: np.nda
 
 
 def retrieval_curve(scores: np.ndarray, windows: np.ndarray | None, boxes: np.ndarray,
-                    ks=TOP_K) -> dict[str, list[float]]:
+                    ks=TOP_K, n_scored: int | None = None) -> dict[str, list[float]]:
     """PoisonCAM Figure 4: :func:`window_metrics` for every k, as columns ``k``, ``iou``, ``catch_rate``,
     ``iou_all``, ``catch_rate_all`` (percent) and ``n_boxed`` (how many of the top k carry a trigger box and
     have a located window).
 
     Each image is scored against its own recorded box, whichever (target, trigger) pair put it there.
-    NaN where k exceeds the dataset or no top-k image has a box (a spectral trigger, or no windows).
+    NaN where k exceeds the dataset or the scored images, or no top-k image has a box (a spectral trigger, or
+    no windows).
     """
     columns = ("iou", "catch_rate", "iou_all", "catch_rate_all")
     curve: dict[str, list[float]] = {"k": [], **{c: [] for c in columns}, "n_boxed": []}
     for k in ks:
-        fits = k <= len(scores)
-        m = window_metrics(scores, windows, boxes, k) if fits else dict.fromkeys(columns, float("nan"))
+        fits = _fits(k, scores, n_scored)
+        m = window_metrics(scores, windows, boxes, k, n_scored) if fits else dict.fromkeys(columns, float("nan"))
         curve["k"].append(k)
         for c in columns:
             curve[c].append(m[c])
@@ -183,7 +212,7 @@ def pasting_control(flag: Callable[[np.ndarray], np.ndarray] | None, poisoning, 
 
 
 def per_target_detection(remove: np.ndarray, scores: np.ndarray, windows: np.ndarray | None, boxes: np.ndarray,
-                         poison_target: np.ndarray) -> dict[int, dict[str, float]]:
+                         poison_target: np.ndarray, n_scored: int | None = None) -> dict[int, dict[str, float]]:
     """For a multi-target poisoning, each target's recall (its own poisons removed) and the IoU / catch rate
     of the top-20 windows on its own trigger's boxes; removed, precision and top-k accuracy stay whole-set
     (a removal is not attributed to one target). Empty for a single-target poisoning."""
@@ -195,5 +224,5 @@ def per_target_detection(remove: np.ndarray, scores: np.ndarray, windows: np.nda
         own = poison_target == target
         own_boxes = np.where(own[:, None], boxes, -1)
         per_target[target] = {"recall": removal_metrics(remove, own)["recall"],
-                              **window_metrics(scores, windows, own_boxes)}
+                              **window_metrics(scores, windows, own_boxes, n_scored=n_scored)}
     return per_target

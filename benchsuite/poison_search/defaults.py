@@ -15,7 +15,8 @@ intent ("paper", the default, keeps the intent), one behaviour each:
    (whatever ``prune_at_least_one`` says);
 5. flip pastes draw top-left corners in [0, side - w) instead of [0, side - w];
 6. the Grad-CAM target is the argmax of the cosine to the cluster means (mean of the members'
-   L2-normalised features, also the head's weights) instead of the image's own cluster.
+   L2-normalised features, also the head's weights) instead of the image's own cluster;
+7. no no-trigger guard: ``min_flip_fraction`` is ignored (neither paper nor code has it).
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ class FilterDefenseConfig:
     cluster_score: str = "max"  # paper and PS code: max poison score of the cluster; "sum" (PoisonCAM), "total"
     flip_score: str = "into"  # PS code: flips into the candidate's cluster (new - orig); "any" = any change
     compat: str = "paper"  # "code" = the official PatchSearch code's behaviours (module docstring, 1-6)
-    min_flip_fraction: float = 0.1  # not in the papers (0 = off): best candidate flips less of the flip set -> keep all
+    # not in the papers or code (0 = off; off in the paper presets and under compat = "code"): when the best
+    # candidate flips less than this share of the flip set, remove nothing; results say when it fired
+    min_flip_fraction: float = 0.1
     top_k: int = 20  # paper: top-20 poisons train the classifier
     top_p: float = 0.10  # paper: drop the top 10 % scored images from the negatives
     classifier_models: int = 3  # PS pipeline: 5 (code default 3)

@@ -53,8 +53,10 @@ def filter_config(options: Any, num_classes: int, num_images: int) -> FilterConf
                                   o.classifier_momentum, o.classifier_weight_decay, o.classifier_iterations,
                                   o.classifier_eval_every, o.classifier_patience, o.paste_prob,
                                   tuple(o.patch_scale), o.patch_margin, augment)
+    # the official code has no no-trigger guard (compat behaviour 7)
+    guard = 0.0 if o.compat == "code" else o.min_flip_fraction
     return FilterConfig(clusters, o.kmeans_iters, o.window, tuple(o.rsd_windows), search, classifier,
-                        o.min_flip_fraction, o.batch_size, o.pictures)
+                        guard, o.batch_size, o.pictures)
 
 
 def _sides(cfg: FilterConfig, image_size: int) -> list[int]:
@@ -91,13 +93,15 @@ def run_filter(ctx: Any, locator: Locator, cfg: FilterConfig) -> Detection:
     pictures = draw(ctx.workdir, images, result, locator.name, kept_maps[result.window], cfg)
     extras = dict(window=result.window, rsd={int(k): v for k, v in rsd.items()}, num_clusters=clusters.num_clusters,
                   iterations=result.iterations, scored=int(result.scored.sum()),
-                  top_k=result.top(cfg.classifier.top_k).tolist(), pictures=pictures)
+                  top_k=result.top(cfg.classifier.top_k).tolist(), pictures=pictures,
+                  best_flip_share=result.best_flip_share, guard=cfg.min_flip_fraction)
     if not result.finds_trigger(cfg.min_flip_fraction):
         extras["trigger_found"] = False
-        return Detection(result.ranked_scores, np.zeros(n, dtype=bool), result.windows, extras, flag=_keep_all)
+        return Detection(result.ranked_scores, np.zeros(n, dtype=bool), result.windows, extras,
+                         n_scored=extras["scored"], flag=_keep_all)
     classified = train_poison_classifier(images, result, cfg.classifier, ctx.seed, ctx.device)
     extras.update(trigger_found=True, classifier_f1=classified.f1, classifier_iterations=classified.iterations)
-    return Detection(result.ranked_scores, classified.remove, result.windows, extras,
+    return Detection(result.ranked_scores, classified.remove, result.windows, extras, n_scored=extras["scored"],
                      flag=classified.ensemble.flag)
 
 

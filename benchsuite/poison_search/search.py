@@ -73,6 +73,12 @@ class SearchResult:
         order = self.ranking()
         return order[self.scored[order]][:k]
 
+    @property
+    def best_flip_share(self) -> float:
+        """The best candidate's score as a share of the flip set (the quantity the no-trigger guard tests)."""
+        best = self.scores[self.scored].max(initial=-np.inf)
+        return float(best / len(self.flip_indices)) if len(self.flip_indices) and np.isfinite(best) else float("nan")
+
     def finds_trigger(self, min_flip_fraction: float) -> bool:
         """The no-trigger guard (not in the papers): does a candidate flip at least this fraction of the flip set?
 

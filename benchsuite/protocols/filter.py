@@ -16,6 +16,7 @@ from benchsuite.api import ComposedDefense, Defense, Poisoning
 from benchsuite.core import distributed
 from benchsuite.core.cache import stable_hash
 from benchsuite.eval.detection import (
+    guard_columns,
     per_target_detection,
     random_removal,
     removal_metrics,
@@ -93,8 +94,8 @@ class FilterProtocol(DefenseProtocol):
 
         cell = run.cell
         detection = run.stages.detect(defense, threat, poisoning, poison_key, cell.seed)
-        remove = detection.remove
-        curve = retrieval_curve(detection.scores, detection.windows, poisoning.boxes)
+        remove, n_scored = detection.remove, detection.n_scored
+        curve = retrieval_curve(detection.scores, detection.windows, poisoning.boxes, n_scored=n_scored)
         plot = save_retrieval(run.figures, defense.name, curve, title=cell.label) \
             if distributed.is_main() else run.run_dir
         figures = run.link_figures(Path(detection.extras["workdir"]), defense.name)
@@ -103,12 +104,14 @@ class FilterProtocol(DefenseProtocol):
             figures = ";".join(filter(None, [figures, run.relative(pr)]))
         metrics = {**removal_metrics(remove, poisoning.poison_mask),
                    "control_flag_rate": detection.extras.get("control_flag_rate", float("nan")),
-                   **topk_accuracy(detection.scores, poisoning.poison_mask),
-                   **topk_window_accuracy(detection.scores, detection.windows, poisoning.boxes),
-                   **window_metrics(detection.scores, detection.windows, poisoning.boxes),
+                   "n_scored": len(remove) if n_scored is None else n_scored,
+                   **guard_columns(detection.extras),
+                   **topk_accuracy(detection.scores, poisoning.poison_mask, n_scored=n_scored),
+                   **topk_window_accuracy(detection.scores, detection.windows, poisoning.boxes, n_scored=n_scored),
+                   **window_metrics(detection.scores, detection.windows, poisoning.boxes, n_scored=n_scored),
                    "figures": ";".join(filter(None, [figures, run.relative(plot)]))}
         per_target = per_target_detection(remove, detection.scores, detection.windows, poisoning.boxes,
-                                          poisoning.poison_target)
+                                          poisoning.poison_target, n_scored)
         return np.flatnonzero(~remove), kept_data_key(poison_key, remove), metrics, per_target
 
     @staticmethod

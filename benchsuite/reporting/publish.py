@@ -32,7 +32,8 @@ JUDGED = ["k", "min_norm", "median_norm", "flagged_label", "flagged_label_share"
 METRIC_SETS = {
     "probe": ["clean_acc", "clean_fp", "clean_asr", "patched_acc", "patched_fp", "patched_asr", "patched_confusion",
               "n_train", "n_poison", "probe", "label_fraction"],
-    "detection": ["removed", "recall", "control_flag_rate", "precision", "top5_acc", "top10_acc", "top20_acc",
+    "detection": ["removed", "recall", "control_flag_rate", "precision", "n_scored", "trigger_found", "best_flip_share",
+                  "top5_acc", "top10_acc", "top20_acc",
                   "top50_acc", "top100_acc", "top500_acc", "top20_window_acc", "top50_window_acc", "top100_window_acc",
                   "iou", "catch_rate", "iou_all", "catch_rate_all",
                   "random_removal_recall", "random_removal_clean_acc", "random_removal_patched_asr"],
@@ -64,7 +65,8 @@ def unescape_cell(value: str) -> str:
 
 def recipe_hash(config: dict[str, Any]) -> str:
     """The hash of what makes the numbers of a cell: every setting but the grid's axes."""
-    recipe = {k: v for k, v in config.items() if k != "grid" and not (k == "downstream" and v is None)}
+    recipe = {k: v for k, v in config.items()
+              if k not in ("grid", "cpu_threads") and not (k == "downstream" and v is None)}
     recipe["reference"] = config.get("grid", {}).get("reference")
     return stable_hash(recipe, length=12)
 

@@ -66,7 +66,7 @@ def asr_summary(results: pd.DataFrame, path: Path) -> Path | None:
     for i, attack in enumerate(attacks):
         block = results[results["attack"] == attack]
         per_seed = block.groupby(["defense", "seed"])["patched_asr"].mean().groupby("defense")
-        means, stds = per_seed.mean().reindex(order), per_seed.std(ddof=0).reindex(order).fillna(0)
+        means, stds = per_seed.mean().reindex(order), per_seed.std(ddof=1).reindex(order).fillna(0)
         ax.bar([j + i * width for j in range(len(order))], means.values, width, yerr=stds.values, label=attack,
                capsize=3)
     ax.set_xticks([j + width * (len(attacks) - 1) / 2 for j in range(len(order))],
@@ -92,7 +92,7 @@ def cost_summary(results: pd.DataFrame, path: Path) -> Path | None:
     width = 0.8 / len(bars)
     for i, (metric, label) in enumerate(bars):
         per_seed = results.groupby(["defense", "seed"])[metric].mean().groupby("defense")
-        means, stds = per_seed.mean().reindex(order), per_seed.std(ddof=0).reindex(order).fillna(0)
+        means, stds = per_seed.mean().reindex(order), per_seed.std(ddof=1).reindex(order).fillna(0)
         ax.bar([j + i * width for j in range(len(order))], means.fillna(0).values, width, yerr=stds.values,
                label=label, capsize=3)
     ax.set_xticks([j + width * (len(bars) - 1) / 2 for j in range(len(order))],
@@ -194,11 +194,11 @@ def write_report(run_dir: Path, output: Path | None = None) -> Path:
 <h2>Attacks</h2>
 {_attacks(run_dir)}
 <h2>Attack success at a glance</h2>
-{f"<figure>{_img(summary)}<figcaption>mean over cells; error bars: std over seeds</figcaption></figure>"
+{f"<figure>{_img(summary)}<figcaption>mean over cells; error bars: sample std over seeds</figcaption></figure>"
  if summary else ""}
 {f"<h2>Cost per defense</h2><figure>{_img(costs)}<figcaption>wall time of the defense's own stages (filter "
  "search + poison classifier, model-defense inspection + mitigation, training-time defense: its pretraining) "
- "and of pretraining the encoder each row evaluates; mean over cells, error bars: std over seeds; details in "
+ "and of pretraining the encoder each row evaluates; mean over cells, error bars: sample std over seeds; details in "
  "the Cost table</figcaption></figure>" if costs else ""}
 <h2>Tables</h2>
 {_tables(results)}

@@ -17,7 +17,9 @@
 - ``cost``: per setting and defense, the wall / CPU time of the defense's own stages, ms per image and
   encoder forwards (filters), the pretraining time of the evaluated encoder, peak memory, device.
 
-With several seeds every cell reads ``mean ± std`` over seeds (targets are averaged first).
+With several seeds every cell reads ``mean ± s (n=k)``: the sample std over the k seeds with a value (targets are
+averaged first); ``n=2 of 3`` shows a seed without one. Undefined metrics (precision with nothing removed,
+recall without poisons, top-k beyond the scored images) are NaN in the results and ``n/a`` here.
 """
 
 from __future__ import annotations
@@ -50,13 +52,31 @@ def display_name(defense: str) -> str:
     return " + ".join(DISPLAY_NAMES.get(part, part) for part in defense.split("+"))
 
 
-def _fmt(values: pd.Series, digits: int = 1) -> str:
-    values = values.dropna()
-    if values.empty:
-        return "-"
-    if len(values) == 1:
-        return f"{values.iloc[0]:.{digits}f}"
-    return f"{values.mean():.{digits}f} ± {values.std(ddof=0):.{digits}f}"
+# metrics that are NaN where they are undefined (precision with nothing removed, recall without poisons, a
+# top-k beyond the scored images): an all-NaN cell of one reads "n/a", not "-" (nothing recorded)
+UNDEFINED_WHEN_NAN = {"recall", "precision", "top5_acc", "top10_acc", "top20_acc", "top50_acc", "top100_acc",
+                      "top500_acc", "top20_window_acc", "top50_window_acc", "top100_window_acc", "iou", "catch_rate",
+                      "iou_all", "catch_rate_all", "random_removal_recall"}
+
+
+def _fmt(values: pd.Series, digits: int = 1, empty: str = "-") -> str:
+    """One value per seed as ``mean ± s (n=k)``: the sample std (ddof 1) over the k seeds with a value.
+
+    A seed without a value (NaN: failed or undefined) is left out of the mean and shown in the count,
+    ``(n=2 of 3)``; a single seed reads as its plain value; no value at all reads ``empty``.
+    """
+    finite = values.dropna()
+    if finite.empty:
+        return empty
+    n, total = len(finite), len(values)
+    count = f"n={n}" if n == total else f"n={n} of {total}"
+    if n == 1:
+        return f"{finite.iloc[0]:.{digits}f}" + ("" if total == 1 else f" ({count})")
+    return f"{finite.mean():.{digits}f} ± {finite.std(ddof=1):.{digits}f} ({count})"
+
+
+def _empty(metric: str) -> str:
+    return "n/a" if metric in UNDEFINED_WHEN_NAN else "-"
 
 
 def _defense_order(results: pd.DataFrame) -> list[str]:
@@ -71,10 +91,10 @@ def table1_frame(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def _filters(results: pd.DataFrame) -> list[str]:
-    """The defenses that removed images (rows with a recall), in run order."""
-    if "recall" not in results or results["recall"].isna().all():
+    """The filter defenses (rows with a removal count; their recall may be undefined), in run order."""
+    if "removed" not in results or results["removed"].isna().all():
         return []
-    return [d for d in _defense_order(results) if results.loc[results["defense"] == d, "recall"].notna().any()]
+    return [d for d in _defense_order(results) if results.loc[results["defense"] == d, "removed"].notna().any()]
 
 
 def table2_frame(results: pd.DataFrame) -> pd.DataFrame | None:
@@ -94,10 +114,38 @@ def _setting_cells(dataset: str, attack: str, rate: float) -> dict[tuple[str, st
 
 
 def _over_seeds(rows: pd.DataFrame, metric: str, digits: int = 1) -> str:
-    """``mean ± std`` over seeds of the per-seed mean over targets."""
+    """:func:`_fmt` over seeds of the per-seed mean over targets (a removal count marked where a guard fired)."""
     if metric not in rows or rows.empty:
         return "-"
-    return _fmt(rows.groupby("seed")[metric].mean(), digits)
+    cell = _fmt(rows.groupby("seed")[metric].mean(), digits, _empty(metric))
+    return cell + _guard_mark(rows) if metric == "removed" else cell
+
+
+def _guard_fired(rows: pd.DataFrame) -> pd.Series:
+    """Rows where a filter's no-trigger guard fired (``trigger_found`` False): it removed nothing on purpose."""
+    if "trigger_found" not in rows:
+        return pd.Series(False, index=rows.index)
+    return rows["trigger_found"].astype(str).str.lower().eq("false")
+
+
+def _guard_mark(rows: pd.DataFrame) -> str:
+    """" (guard: no trigger)" when the guard fired on every seed of ``rows``, "... in k of n" on some."""
+    fired = _guard_fired(rows).groupby(rows["seed"]).any()
+    if not fired.any():
+        return ""
+    return " (guard: no trigger)" if fired.all() else f" (guard: no trigger in {int(fired.sum())} of {len(fired)})"
+
+
+def guard_notes(results: pd.DataFrame) -> list[str]:
+    """One line per filter row whose no-trigger guard fired, with the best candidate's flip share."""
+    rows = results[_guard_fired(results)]
+    lines = []
+    for _, row in rows.iterrows():
+        share = row.get("best_flip_share")
+        best = "" if share is None or pd.isna(share) else f"; the best candidate flipped {share:.1f}% of the flip set"
+        lines.append(f"guard: {display_name(row['defense'])} on {row['attack']} target {row['target']} seed "
+                     f"{row['seed']} found no trigger and removed nothing{best}")
+    return list(dict.fromkeys(lines))
 
 
 def poisoncam_t2_frame(results: pd.DataFrame) -> pd.DataFrame | None:
@@ -337,8 +385,8 @@ def grouped_frame(results: pd.DataFrame, defenses: list[str], metrics: list[tupl
                 present = [m for m, _ in metrics if m in d_rows]
                 by_seed = d_rows.groupby("seed")[present].mean()
                 for metric, title in metrics:
-                    cell = _fmt(by_seed[metric]) if metric in by_seed and len(by_seed) else "-"
-                    record[(display_name(defense), title)] = cell
+                    cell = _fmt(by_seed[metric], empty=_empty(metric)) if metric in by_seed and len(by_seed) else "-"
+                    record[(display_name(defense), title)] = cell + (_guard_mark(d_rows) if metric == "removed" else "")
             records.append(record)
     frame = pd.DataFrame(records)
     frame.columns = pd.MultiIndex.from_tuples(frame.columns)

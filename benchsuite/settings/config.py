@@ -85,6 +85,10 @@ class RunConfig:
     # the dataset the probe trains and is scored on when it is not the pre-training one (BadEncoder's
     # downstream tasks: a CIFAR-10 encoder probed on GTSRB); None: the pre-training dataset
     downstream: DatasetSpec | None = added_field(None)
+    # torch CPU threads of every stage; 0: torch's default (one per core). CPU kernels split float sums by
+    # thread, so a seed gives identical numbers only at the same count (and CPU); like ``device`` it keys
+    # no stage, run or recipe
+    cpu_threads: int = added_field(0)
 
     def __post_init__(self) -> None:
         _check_run(self)
@@ -112,6 +116,9 @@ def _check_run(config: RunConfig) -> None:
         raise BenchError(f"probe.label_fraction = {probe.label_fraction} must be in (0, 1]: e.g. 0.01 (the papers)")
     if probe.epochs < 1 or probe.knn_k < 1:
         raise BenchError(f"probe.epochs = {probe.epochs} and probe.knn_k = {probe.knn_k} must be >= 1: fix them")
+    if not isinstance(config.cpu_threads, int) or isinstance(config.cpu_threads, bool) or config.cpu_threads < 0:
+        raise BenchError(f"cpu_threads = {config.cpu_threads!r} must be a whole number >= 0 (0: one per core), "
+                         "e.g. --set cpu_threads=2")
     if not DEVICE.fullmatch(config.device):
         raise BenchError(f"device {config.device!r}: use auto, cpu, cuda or cuda:N (e.g. --device cuda:0)")
 

@@ -40,8 +40,12 @@ class DetectStage(StageBase):
             control_file = workdir / "control.json"
             control = json.loads(control_file.read_text())["control_flag_rate"] if control_file.is_file() else None
             with np.load(path) as d:
+                # a detection cached before n_scored was stored: the filter's own count in its extras
+                n_scored = int(d["n_scored"]) if "n_scored" in d.files else extras.get("scored")
+                n_scored = None if n_scored is None or n_scored < 0 else int(n_scored)
                 return Detection(d["scores"], d["remove"], d["windows"] if "windows" in d.files else None,
-                                 {**extras, "workdir": str(workdir), "control_flag_rate": _nan_if_none(control)})
+                                 {**extras, "workdir": str(workdir), "control_flag_rate": _nan_if_none(control)},
+                                 n_scored=n_scored)
 
         def compute() -> Detection:
             images = poisoning.train.images
@@ -54,13 +58,15 @@ class DetectStage(StageBase):
                                  f"expected ({len(images)},): fix the plugin")
             scores = np.asarray(detection.scores, dtype=np.float64)
             windows = None if detection.windows is None else np.asarray(detection.windows, dtype=np.int64)
-            save_arrays(path, scores=scores, remove=remove, **({} if windows is None else {"windows": windows}))
+            n_scored = None if detection.n_scored is None else int(detection.n_scored)
+            save_arrays(path, scores=scores, remove=remove, n_scored=np.int64(-1 if n_scored is None else n_scored),
+                        **({} if windows is None else {"windows": windows}))
             save_json(workdir / "extras.json", detection.extras)
             # the pasting control, built here from the ground truth the defense never saw
             control = pasting_control(detection.flag, poisoning, seed)
             save_json(workdir / "control.json", {"control_flag_rate": None if np.isnan(control) else control})
             self.cache.mark_done("detect", key, {"defense": defense.name, "removed": int(remove.sum())})
             return Detection(scores, remove, windows, {**detection.extras, "workdir": str(workdir),
-                                                       "control_flag_rate": control})
+                                                       "control_flag_rate": control}, n_scored=n_scored)
 
         return self.cache.run("detect", key, load, compute)

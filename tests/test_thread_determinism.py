@@ -1,0 +1,56 @@
+"""A seed's numbers do not depend on the machine's thread count or on how fast the process runs, once
+``cpu_threads`` pins the count (the smoke preset pins 2, the count the README's numbers were measured with).
+
+Control: without the pin, one thread and two threads give other encoder weights (CPU kernels split the
+float sums of a backward pass by thread), so the comparison can see a difference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from benchsuite.reporting.results import TIMING_COLUMNS
+from tests.conftest import TINY_OVERRIDES
+
+pytestmark = pytest.mark.slow
+
+
+def _run(out: Path, omp_threads: int, pinned: int, slowed: bool = False) -> tuple[str, pd.DataFrame]:
+    """A tiny htba cell in a fresh process with ``OMP_NUM_THREADS`` (torch's default count) set; the weights'
+    digest of its poisoned encoder and its results. ``slowed``: paused and resumed every 50 ms while it runs."""
+    argv = [sys.executable, "-m", "benchsuite.cli", "run", "--attack", "htba", "--defense", "none", "--no-reference",
+            "--out", str(out)]
+    for item in [*TINY_OVERRIDES, f"cpu_threads={pinned}"]:
+        argv += ["--set", item]
+    env = {**os.environ, "OMP_NUM_THREADS": str(omp_threads), "MKL_NUM_THREADS": str(omp_threads)}
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if slowed:
+        while proc.poll() is None:
+            time.sleep(0.05)
+            proc.send_signal(signal.SIGSTOP)
+            time.sleep(0.05)
+            proc.send_signal(signal.SIGCONT)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    weights = sorted((out / "cache" / "pretrain").glob("*/encoder.safetensors"))
+    assert len(weights) == 1
+    results = pd.read_csv(next(p for p in out.iterdir() if p.name != "cache") / "results.csv")
+    return hashlib.sha256(weights[0].read_bytes()).hexdigest(), results.drop(columns=TIMING_COLUMNS, errors="ignore")
+
+
+def test_pinned_threads_give_identical_numbers_under_any_count_and_a_slowed_process(tmp_path):
+    one, one_results = _run(tmp_path / "a", omp_threads=1, pinned=2)
+    two, two_results = _run(tmp_path / "b", omp_threads=2, pinned=2, slowed=True)
+    assert one == two
+    pd.testing.assert_frame_equal(one_results, two_results)
+    unpinned, _ = _run(tmp_path / "c", omp_threads=1, pinned=0)  # the control: really one thread
+    assert unpinned != one, "one and two threads gave the same weights: the test could not see a difference"
