@@ -46,3 +46,29 @@ def test_the_mlp_is_badencoders_and_deterministic_for_a_seed():
 def test_an_unknown_probe_kind_is_refused():
     with pytest.raises(BenchError, match="linear, knn or mlp"):
         fit_probe(*planted(), 4, replace(ProbeConfig(), kind="svm"), seed=0)
+
+
+def test_five_probe_seeds_draw_five_different_class_balanced_splits():
+    from benchsuite.eval.probe import labelled_split
+
+    labels = np.repeat(np.arange(4), 50)
+    splits = [labelled_split(labels, 0.1, seed) for seed in range(5)]
+    assert len({tuple(s) for s in splits}) == 5
+    for s in splits:  # floor(0.1 x 50) = 5 images of every class, none twice
+        assert np.bincount(labels[s], minlength=4).tolist() == [5, 5, 5, 5] and len(set(s)) == len(s)
+    np.testing.assert_array_equal(labelled_split(labels, 0.1, 3), splits[3])  # a seed is one split
+
+
+def test_splits_vary_with_the_cell_seed_only_when_asked():
+    from types import SimpleNamespace
+
+    from benchsuite.stages.probe import ProbeStage
+
+    def seeds(vary: bool, cell_seed: int) -> list[int]:
+        stage = SimpleNamespace(config=SimpleNamespace(probe=replace(ProbeConfig(), seeds=(1, 2),
+                                                                     vary_with_seed=vary)))
+        return ProbeStage.split_seeds(stage, cell_seed)
+
+    assert seeds(False, 0) == seeds(False, 7) == [1, 2]
+    assert seeds(True, 0) != seeds(True, 7) and len(set(seeds(True, 0))) == 2
+    assert seeds(True, 3) == seeds(True, 3)

@@ -117,7 +117,9 @@ def stage_keys(registry, data: dict, root: Path) -> dict[str, str]:
 def every_field(registry, data: dict) -> list[tuple[str, Any, set[str]]]:
     """(dotted field, current value, the stages expected to change key) for every field of the run config."""
     config = build_config(copy.deepcopy(data))
-    found: list[tuple[str, Any, set[str]]] = [("preset", config.preset, set()), ("device", config.device, set())]
+    # compute settings: where and with how many threads, not what (they key no stage)
+    found: list[tuple[str, Any, set[str]]] = [("preset", config.preset, set()), ("device", config.device, set()),
+                                              ("cpu_threads", config.cpu_threads, set())]
     # the downstream dataset: what the probe trains and is scored on, and the patched sets are made of
     found.append(("downstream", config.downstream, {"patched", "probe:threat", "probe:clean"}))
     found += [(n, v, ALL) for n, v in fields_of("dataset", config.dataset) if n != "dataset.options"]

@@ -31,6 +31,9 @@ class ProbeConfig:
     mlp_lr: float = added_field(1e-4)
     mlp_batch_size: int = added_field(64)
     mlp_epochs: int = added_field(500)
+    # draw the labelled splits with the cell's seed as well as the probe seed, so that "± over seeds" also
+    # covers the split's variance; False (default): every cell seed is probed on the same splits
+    vary_with_seed: bool = added_field(False)
 
 
 def labelled_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:

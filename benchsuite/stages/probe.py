@@ -29,8 +29,17 @@ class ProbeStage(StageBase):
 
     def probe_key(self, encoder_key: str, cell: Cell) -> str:
         patched = [self.patched_key(cell.attack, t, cell.seed) for t in cell.targets]
-        return stable_hash("probe", encoder_key, self.downstream_key, self.config.probe, patched,
+        per_cell = [cell.seed] if self.config.probe.vary_with_seed else []  # the splits depend on it then
+        return stable_hash("probe", encoder_key, self.downstream_key, self.config.probe, patched, *per_cell,
                            *code_versions(stage=self.PROBE_VERSION))
+
+    def split_seeds(self, cell_seed: int) -> list[int]:
+        """The seeds of the probe's labelled splits: ``probe.seeds``, mixed with the cell's seed when
+        ``probe.vary_with_seed`` is set."""
+        seeds = list(self.config.probe.seeds)
+        if not self.config.probe.vary_with_seed:
+            return seeds
+        return [int(np.random.SeedSequence([s, cell_seed, 0x9B0]).generate_state(1)[0]) for s in seeds]
 
     def evaluate(self, encoder: Encoder, cell: Cell) -> list[dict[str, Any]]:
         """Linear/kNN probe on the clean labelled split; ACC/FP/ASR on clean and patched val per target."""
@@ -46,7 +55,7 @@ class ProbeStage(StageBase):
             patched_f = {t: self.features(encoder, p.images, "patched", self.patched_key(cell.attack, t, cell.seed))
                          for t, p in patched.items()}
             per_seed = []
-            for probe_seed in self.config.probe.seeds:
+            for probe_seed in self.split_seeds(cell.seed):
                 predict = fit_probe(train_f, splits.train.labels, n_cls, self.config.probe, probe_seed)
                 clean_pred = predict(val_f)
                 per_seed.append({t: (confusion_matrix(splits.val.labels, clean_pred, n_cls),
