@@ -95,8 +95,10 @@ class ICutMixMethod(SSLMethod):
         if cfg.paste == "image":
             mixed[region] = view[perm, :, rows, cols]
         elif cfg.paste == "black":  # black in [0, 1], then normalised as the trainer normalises
-            aug = AugmentConfig()
-            mixed[region] = (-view.new_tensor(aug.mean) / view.new_tensor(aug.std)).view(1, c, 1, 1).to(view.dtype)
+            default = AugmentConfig()
+            mean = getattr(self.method, "input_mean", default.mean)
+            std = getattr(self.method, "input_std", default.std)
+            mixed[region] = (-view.new_tensor(mean) / view.new_tensor(std)).view(1, c, 1, 1).to(view.dtype)
         else:
             noise = torch.randn(n, c, box.y1 - box.y0, box.x1 - box.x0, generator=gen, device=view.device)
             mixed[region] = noise.to(view.dtype)

@@ -29,7 +29,8 @@ class SSLCleanse(Defense):
     description = "SSL-Cleanse: SWK clustering + per-cluster trigger inversion + MAD test; distillation mitigator"
 
     def inspect(self, ctx) -> Verdict:
-        return detect(ctx.encoder, ctx.images, ctx.features, self.config, ctx.seed, ctx.device, ctx.workdir)
+        return detect(ctx.encoder, ctx.images, ctx.features, self.config, ctx.seed, ctx.device, ctx.workdir,
+                      mean=ctx.mean, std=ctx.std)
 
     def inspect_options(self) -> dict:
         return detection_options(self.config)
@@ -52,7 +53,8 @@ class SSLCleanse(Defense):
             raise BenchError(f"sslcleanse: reversed trigger of {mask.shape} for images of {ctx.images.shape[1:3]}: "
                              "rerun the detection on these images")
         images = ctx.images[sample_indices(len(ctx.images), cfg.mitigate_ratio, ctx.seed, stream=1)]
-        return mitigate_encoder(ctx.encoder, images, mask, pattern, cfg, ctx.seed, ctx.device)
+        return mitigate_encoder(ctx.encoder, images, mask, pattern, cfg, ctx.seed, ctx.device, mean=ctx.mean,
+                                std=ctx.std)
 
 
 @hookimpl

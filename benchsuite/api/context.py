@@ -14,6 +14,11 @@ if TYPE_CHECKING:
     import torch
 
 
+# torchvision's ImageNet statistics: the default normalisation of every encoder the suite trains
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
 @dataclass
 class DefenseContext:
     """What a filter or encoder-level defense sees: its images and the encoder under suspicion.
@@ -28,6 +33,10 @@ class DefenseContext:
     seed: int
     device: torch.device
     workdir: Path
+    # the normalisation the encoder was trained with (``train.augment.mean / std``): every input a defense
+    # passes through ``encoder`` must be normalised with it
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
 
 
 @dataclass

@@ -74,9 +74,10 @@ def run_filter(ctx: Any, locator: Locator, cfg: FilterConfig) -> Detection:
     if 2 * cfg.classifier.top_k > n:
         raise BenchError(f"top_k={cfg.classifier.top_k} needs at least {2 * cfg.classifier.top_k} images "
                          f"(top-k and bottom-k), the dataset has {n}: lower top_k")
-    runner = EncoderRunner(ctx.encoder, ctx.device, cfg.batch_size)
+    norm = input_norm(ctx)
+    runner = EncoderRunner(ctx.encoder, ctx.device, cfg.batch_size, norm=norm)
     features = ctx.features if ctx.features is not None and len(ctx.features) == n else \
-        extract_features(ctx.encoder, images, device=ctx.device)
+        extract_features(ctx.encoder, images, device=ctx.device, augment_cfg=norm)
     clusters = kmeans(features, cfg.num_clusters, ctx.seed, cfg.kmeans_iters)
 
     kept_maps: dict[int, TopMaps] = {}  # per window side
@@ -103,6 +104,12 @@ def run_filter(ctx: Any, locator: Locator, cfg: FilterConfig) -> Detection:
     extras.update(trigger_found=True, classifier_f1=classified.f1, classifier_iterations=classified.iterations)
     return Detection(result.ranked_scores, classified.remove, result.windows, extras, n_scored=extras["scored"],
                      flag=classified.ensemble.flag)
+
+
+def input_norm(ctx: Any) -> AugmentConfig:
+    """The normalisation of the context's encoder (ImageNet's for a context without one)."""
+    default = AugmentConfig()
+    return AugmentConfig(mean=tuple(getattr(ctx, "mean", default.mean)), std=tuple(getattr(ctx, "std", default.std)))
 
 
 def _keep_all(images: np.ndarray) -> np.ndarray:

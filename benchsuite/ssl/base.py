@@ -70,6 +70,9 @@ class SSLMethod(nn.Module):
     Config: ClassVar[type]
     description: ClassVar[str] = ""
     version: ClassVar[int] = 0  # code version: enters the pretraining key; bump when the loss changes
+    # how the trainer normalises the views (train.augment.mean / std), set when the suite builds the method
+    input_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    input_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     # set by the trainer every epoch: the (seed, epoch) generator, for randomness inside loss()
     generator: torch.Generator | None = None
 

@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from benchsuite.api import Verdict
+from benchsuite.api.context import IMAGENET_MEAN, IMAGENET_STD
 from benchsuite.core.errors import BenchError
 from benchsuite.eval.features import extract_features
-from benchsuite.ssl.augment import to_float
+from benchsuite.ssl.augment import AugmentConfig, to_float
 from benchsuite.sslcleanse.codec import encode_trigger
 from benchsuite.sslcleanse.config import MIN_CLUSTERS, SSLCleanseConfig, validate
 from benchsuite.sslcleanse.inversion import Inversion, invert_triggers
@@ -42,16 +43,20 @@ def cluster_sample(features: np.ndarray, cfg: SSLCleanseConfig, seed: int) -> tu
 
 
 def detect(encoder: nn.Module, images: np.ndarray, features: np.ndarray | None, cfg: SSLCleanseConfig, seed: int,
-           device: torch.device, workdir: Path | None = None) -> Verdict:
-    """Judge ``encoder`` with the defender's clean ``images`` (uint8 (N, H, W, 3)); pictures go to ``workdir``."""
+           device: torch.device, workdir: Path | None = None, mean: tuple[float, ...] = IMAGENET_MEAN,
+           std: tuple[float, ...] = IMAGENET_STD) -> Verdict:
+    """Judge ``encoder`` with the defender's clean ``images`` (uint8 (N, H, W, 3)); pictures go to ``workdir``.
+    ``mean`` / ``std``: the normalisation the encoder was trained with."""
     validate(cfg)
     start = time.perf_counter()
     idx = sample_indices(len(images), cfg.ratio, seed)
-    feats = features[idx] if features is not None else extract_features(encoder, images[idx], device=device)
+    norm = AugmentConfig(mean=tuple(mean), std=tuple(std))
+    feats = features[idx] if features is not None else extract_features(encoder, images[idx], device=device,
+                                                                        augment_cfg=norm)
     labels, swk = cluster_sample(feats, cfg, seed)
     encoder.to(device)
     x = to_float(torch.from_numpy(images[idx])).to(device)
-    inv = invert_triggers(encoder, x, torch.from_numpy(feats).to(device), labels, cfg, seed)
+    inv = invert_triggers(encoder, x, torch.from_numpy(feats).to(device), labels, cfg, seed, norm=norm)
     index = anomaly_index(inv.norms, cfg.mad_consistency, cfg.mad_scale)
     smallest = int(np.argmin(inv.norms))
     trojaned = index > cfg.anomaly_threshold

@@ -138,8 +138,10 @@ class _Encoder:
 
 
 def invert_triggers(encoder: nn.Module, images: torch.Tensor, reps: torch.Tensor, labels: np.ndarray,
-                    cfg: SSLCleanseConfig, seed: int, label: str = "SSL-Cleanse triggers") -> Inversion:
-    """Reverse-engineer one trigger per cluster; ``images`` (N, 3, H, W) in [0, 1], ``reps`` their features."""
+                    cfg: SSLCleanseConfig, seed: int, label: str = "SSL-Cleanse triggers",
+                    norm: AugmentConfig | None = None) -> Inversion:
+    """Reverse-engineer one trigger per cluster; ``images`` (N, 3, H, W) in [0, 1], ``reps`` their features;
+    ``norm``: the encoder's input normalisation (ImageNet's by default)."""
     device = images.device
     lab = torch.as_tensor(labels, dtype=torch.int64)
     k = int(lab.max()) + 1
@@ -170,7 +172,7 @@ def invert_triggers(encoder: nn.Module, images: torch.Tensor, reps: torch.Tensor
     best_norm, best_asr = np.ones(k), np.zeros(k)
     with torch.no_grad():
         best_mask, best_pattern = (t.clone() for t in trigger())
-    encode = _Encoder(encoder, AugmentConfig(), chunk=max(per_pass * bs, 1))
+    encode = _Encoder(encoder, norm or AugmentConfig(), chunk=max(per_pass * bs, 1))
     with frozen(encoder), progress_bar(label, total=cfg.epochs) as advance:
         for _ in range(cfg.epochs):
             order = torch.stack([torch.randperm(n_pool, generator=gen) for _ in range(k)]).to(device)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchsuite.api.context import IMAGENET_MEAN, IMAGENET_STD
 from benchsuite.core.console import progress_bar
 from benchsuite.ssl.augment import AugmentConfig, augment, normalize, to_float
 from benchsuite.sslcleanse.config import SSLCleanseConfig
@@ -35,9 +36,12 @@ def lr_factor(step: int, epoch: int, cfg: SSLCleanseConfig) -> float:
 
 
 def mitigate_encoder(encoder: nn.Module, images: np.ndarray, mask: np.ndarray, pattern: np.ndarray,
-                     cfg: SSLCleanseConfig, seed: int, device: torch.device) -> nn.Module:
-    """A repaired copy of ``encoder`` trained on clean uint8 ``images`` (N, H, W, 3) against the trigger."""
-    aug = AugmentConfig(crop_scale=tuple(cfg.crop_scale), jitter_prob=cfg.jitter_prob)
+                     cfg: SSLCleanseConfig, seed: int, device: torch.device,
+                     mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> nn.Module:
+    """A repaired copy of ``encoder`` trained on clean uint8 ``images`` (N, H, W, 3) against the trigger;
+    ``mean`` / ``std``: the normalisation the encoder was trained with."""
+    aug = AugmentConfig(crop_scale=tuple(cfg.crop_scale), jitter_prob=cfg.jitter_prob, mean=tuple(mean),
+                        std=tuple(std))
     student = copy.deepcopy(encoder).to(device).train().requires_grad_(True)
     encoder.to(device)
     m = torch.as_tensor(mask, dtype=torch.float32, device=device)[None, None]

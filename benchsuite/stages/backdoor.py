@@ -12,7 +12,6 @@ from benchsuite.api import AttackContext, Backdoor, ImageDataset, ModelAttack
 from benchsuite.core.cache import code_versions, stable_hash
 from benchsuite.core.checkpoint import load_into, save_json, save_tensors
 from benchsuite.core.errors import BenchError
-from benchsuite.ssl.augment import AugmentConfig
 from benchsuite.stages.base import Cell, Encoder, StageBase, save_arrays
 
 
@@ -72,8 +71,8 @@ class BackdoorStage(StageBase):
             clean = self.clean_encoder(cell.seed)
             shadow_idx = np.asarray(attack.shadow_indices(len(splits.train), cell.seed), dtype=np.int64)
             shadow = ImageDataset(splits.train.images[shadow_idx], splits.train.labels[shadow_idx], splits.classes)
-            norm = AugmentConfig()  # the normalisation the features are extracted with
-            context = AttackContext(self.device, folder, norm.mean, norm.std, self.downstream_splits().train)
+            mean, std = self.input_norm  # the clean encoder's, which the features are extracted with too
+            context = AttackContext(self.device, folder, mean, std, self.downstream_splits().train)
             result: Backdoor = attack.backdoor(clean.backbone, shadow, list(cell.targets), cell.seed, context)
             save_tensors(weights, result.encoder.state_dict())
             save_arrays(folder / "backdoor-images.npz", **{f"trigger_{t}": v for t, v in result.triggers.items()},

@@ -86,6 +86,12 @@ class StageBase:
         self._attack_inputs: dict[str, tuple[dict[str, str], ...]] = {}
         self._start_hash: str | None = None
 
+    @property
+    def input_norm(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std): the normalisation every encoder of the run was trained with, which every stage that
+        feeds one an image uses too (probe features, filters, detectors, repairs, model attacks)."""
+        return tuple(self.config.train.augment.mean), tuple(self.config.train.augment.std)
+
     def attack(self, name: str) -> Attack:
         cls = self.registry.get("attack", name)
         return cls(config_from_options(cls.Config, self.config.attack.get(name, {}), f"attack {name}"))

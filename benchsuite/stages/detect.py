@@ -49,8 +49,9 @@ class DetectStage(StageBase):
 
         def compute() -> Detection:
             images = poisoning.train.images
+            mean, std = self.input_norm
             ctx = DefenseContext(images, threat.backbone, self.features(threat, images, "poisoned-train", poison_key),
-                                 poisoning.train.num_classes, seed, self.device, workdir)
+                                 poisoning.train.num_classes, seed, self.device, workdir, mean, std)
             detection = defense.detect(ctx)
             remove = np.asarray(detection.remove, dtype=bool)
             if remove.shape != (len(images),):

@@ -6,6 +6,7 @@ import numpy as np
 
 from benchsuite.core.cache import code_versions, stable_hash
 from benchsuite.eval.features import extract_features
+from benchsuite.ssl.augment import AugmentConfig
 from benchsuite.stages.base import Encoder, StageBase, save_one_array
 
 
@@ -22,7 +23,9 @@ class FeaturesStage(StageBase):
         path = self.cache.dir("features", key) / "features.npy"
 
         def compute() -> np.ndarray:
-            feats = extract_features(encoder.backbone, images, device=self.device)
+            mean, std = self.input_norm
+            feats = extract_features(encoder.backbone, images, device=self.device,
+                                     augment_cfg=AugmentConfig(mean=mean, std=std))
             save_one_array(path, feats)
             self.cache.mark_done("features", key, {"name": name, "n": len(images)})
             return feats

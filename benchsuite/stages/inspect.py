@@ -30,8 +30,9 @@ class InspectStage(StageBase):
         """An encoder-level defense sees the encoder and the defender's own data: the clean training images."""
         splits = self.splits()
         feats = self.features(encoder, splits.train.images, "train", self.dataset_key)
+        mean, std = self.input_norm
         return DefenseContext(splits.train.images, encoder.backbone, feats, splits.train.num_classes, seed,
-                              self.device, workdir)
+                              self.device, workdir, mean, std)
 
     def inspect_key(self, defense: Defense, encoder_key: str, seed: int) -> str:
         return stable_hash("inspect", defense.name, defense.inspect_options(), encoder_key, self.dataset_key, seed,

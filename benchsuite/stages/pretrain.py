@@ -33,7 +33,10 @@ class PretrainStage(StageBase):
         else:
             backbone = timm_backbone(spec.backbone, size, **spec.backbone_options)
         cls = self.registry.get("ssl", spec.method)
-        return cls(backbone, config_from_options(cls.Config, spec.method_options, f"ssl method {spec.method}"))
+        method = cls(backbone, config_from_options(cls.Config, spec.method_options, f"ssl method {spec.method}"))
+        # how the trainer normalises the views: what a wrapper that writes pixels into them (i-CutMix) needs
+        method.input_mean, method.input_std = self.input_norm
+        return method
 
     def pretrain_key(self, data_key: str, seed: int, training: Defense | None = None) -> str:
         """The cache key of an encoder: its data, recipe, seed, start checkpoint and training-time defense."""
