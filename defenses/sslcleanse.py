@@ -15,7 +15,7 @@ from torch import nn
 from benchsuite.api import Defense, ReversedTrigger, Verdict
 from benchsuite.api.hookspecs import hookimpl
 from benchsuite.core.errors import BenchError
-from benchsuite.sslcleanse.codec import decode_trigger
+from benchsuite.eval.trigger_codec import decode_trigger
 from benchsuite.sslcleanse.config import SSLCleanseConfig, detection_options, validate
 from benchsuite.sslcleanse.detector import detect, sample_indices
 from benchsuite.sslcleanse.mitigator import mitigate_encoder
@@ -26,6 +26,7 @@ class SSLCleanse(Defense):
     kind = "detector"  # that also repairs: its protocol evaluates the repaired encoder
     score_name = "anomaly_index"
     Config = SSLCleanseConfig
+    version = 1  # 1: the MAD test on the converged clusters only, abstaining below three (issue #24)
     description = "SSL-Cleanse: SWK clustering + per-cluster trigger inversion + MAD test; distillation mitigator"
 
     def inspect(self, ctx) -> Verdict:

@@ -8,7 +8,8 @@ any image moves it into that cluster. With ``gain=0`` the encoder ignores the tr
 negative control).
 
 ``PlantedSSLBackdoor`` (for SSL-Cleanse) is the other kind of backdoor: the trigger maps any image
-to the target class's representation, on hue-class images (``colour_data``) with a pixel trigger.
+to the target class's representation, on hue-class images (``colour_data``) with a pixel trigger;
+``WhiteSquareBackdoor`` (for DECREE) is the same with BadEncoder's white square as the trigger.
 """
 
 from __future__ import annotations
@@ -201,6 +202,42 @@ class PlantedSSLBackdoor(nn.Module):
         self.offset += self.content(x).mean(0) / self.scale
         self.target_mean.copy_(self.content(x)[torch.from_numpy(data.labels == target)].mean(0))
         return self
+
+
+class WhiteSquareBackdoor(PlantedSSLBackdoor):
+    """BadEncoder's kind of backdoor, planted: a white square of ``side`` px anywhere pulls any image to the
+    target class's representation (the hue content of :class:`PlantedSSLBackdoor`, its ``sensitive=False`` twin).
+
+    Gate: the soft maximum over positions of the mean whiteness (the smallest of the three channels) in a
+    ``side`` x ``side`` window, through sigmoid(slope (. - threshold)): at most 0.12 on the hue images (mean
+    0.04), 0.98 with the square. The triggered embeddings collapse (mean pairwise cosine 0.9994 with a 6 px
+    square; clean images 0.002), and an inversion can climb the gate's slope from a random start (what DECREE
+    needs).
+    """
+
+    def __init__(self, side: int = 6, num_classes: int = 10, sensitive: bool = True, slope: float = 10.0,
+                 threshold: float = 0.6) -> None:
+        super().__init__(white_square(side), num_classes, sensitive, slope, threshold)
+        self.side = side
+
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        cfg = AugmentConfig()
+        pixels = x * x.new_tensor(cfg.std).view(1, 3, 1, 1) + x.new_tensor(cfg.mean).view(1, 3, 1, 1)
+        whiteness = pixels.amin(1, keepdim=True)  # white needs all three channels high, a hue has one low
+        window = F.avg_pool2d(whiteness, self.side, stride=1).flatten(1)
+        peak = self.temperature * torch.logsumexp(window / self.temperature, 1)
+        return torch.sigmoid(self.slope * (peak - self.threshold))
+
+
+def white_square(side: int) -> np.ndarray:
+    """BadEncoder's trigger: a white square, (side, side, 3) uint8."""
+    return np.full((side, side, 3), 255, np.uint8)
+
+
+def white_square_encoder(data: ImageDataset, side: int = 6, target: int = 0,
+                         sensitive: bool = True) -> WhiteSquareBackdoor:
+    """The white-square backdoored encoder fitted on ``data``, or its trigger-blind twin."""
+    return WhiteSquareBackdoor(side, data.num_classes, sensitive).fit(data, target).eval()
 
 
 def pixel_trigger(side: int = 8, seed: int = 0) -> np.ndarray:

@@ -17,8 +17,8 @@ from benchsuite.eval.reversed_trigger import (
     save_trigger_comparison,
     trigger_agreement,
 )
+from benchsuite.eval.trigger_codec import decode_trigger, encode_trigger
 from benchsuite.reporting.tables import encoders_frame
-from benchsuite.sslcleanse.codec import decode_trigger, encode_trigger
 
 SIZE, SIDE = 32, 8
 
@@ -155,7 +155,9 @@ def test_encoders_frame_lists_each_poisoned_and_each_clean_encoder_once():
     frame = encoders_frame(pd.DataFrame(rows))
     encoders = frame[("", "Encoder")].tolist()
     assert encoders == ["poisoned"] * 4 + ["clean"] * 2
-    assert frame[("", "Anomaly index")].tolist() == ["2.50", "3.50", "2.50", "3.50", "0.70", "1.70"]
+    assert frame[("", "Score")].tolist() == [f"anomaly index {v}" for v in
+                                             ("2.500", "3.500", "2.500", "3.500", "0.700", "1.700")]
+    assert set(frame[("", "Defense")]) == {"SSL-Cleanse"}
     assert frame[("Smallest cluster", "class (share)")].tolist()[:2] == ["0 (90%)", "1 (90%)"]
     assert frame[("", "Verdict")].tolist() == ["trojaned"] * 4 + ["benign"] * 2
     assert frame[("", "K")].tolist() == ["10"] * 4 + ["9"] * 2

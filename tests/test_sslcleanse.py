@@ -16,8 +16,9 @@ from benchsuite.core.errors import BenchError
 from benchsuite.defenses.sslcleanse import SSLCleanse
 from benchsuite.defenses.sslcleanse import benchsuite_defenses as sslcleanse_plugin
 from benchsuite.eval.features import extract_features
+from benchsuite.eval.reversed_trigger import judgement_columns
+from benchsuite.eval.trigger_codec import decode_trigger, encode_trigger
 from benchsuite.reporting.tables import dacc_frame
-from benchsuite.sslcleanse.codec import decode_trigger, encode_trigger
 from benchsuite.sslcleanse.config import SSLCleanseConfig
 from benchsuite.sslcleanse.detector import sample_indices
 from benchsuite.sslcleanse.inversion import CostSchedule, invert_triggers
@@ -260,7 +261,9 @@ def test_cli_prints_the_dacc_table(tmp_path, tiny_args, capsys):
     run_dir = next(p for p in (tmp_path / "runs").iterdir() if p.name != "cache")
     results = pd.read_csv(run_dir / "results.csv").set_index("defense")
     row = results.loc["sslcleanse"]
-    assert row["anomaly_index"] >= 0 and row["clean_anomaly_index"] >= 0
+    for prefix in ("", "clean_"):  # 3 inversion epochs: few clusters converge, below three the test abstains
+        index, converged = row[prefix + "anomaly_index"], row[prefix + "k"] - row[prefix + "unconverged"]
+        assert index >= 0 if converged >= 3 else np.isnan(index) and not row[prefix + "trojaned"]
     assert row["encoder_key"] != results.loc["none", "encoder_key"]  # the mitigated encoder was evaluated
     # cost: inspection + mitigation, no encoder forwards counted (those are the filters' search)
     assert row["cost_defense_s"] > 0 and pd.isna(row["cost_forward_images"]) and pd.isna(row["cost_pretrain_s"])
@@ -273,7 +276,7 @@ def test_cli_prints_the_dacc_table(tmp_path, tiny_args, capsys):
     assert row["mitigate_s"] > 0
     assert {"sslcleanse_reversed_vs_true_poisoned.png", "sslcleanse_reversed_vs_true_clean.png"} <= {
         Path(f).name for f in row["figures"].split(";")}
-    assert "SSL-Cleanse per encoder" in out
+    assert "Detectors per encoder" in out
 
 
 def test_two_clusters_can_never_be_flagged():
@@ -306,17 +309,21 @@ def test_verdict_warns_when_swk_stops_at_k_min(planted, tmp_path, monkeypatch):
 
     data, _, encoder = planted
     fast = replace(SMALL, k_min=3, k_max=5, epochs=1, inversion_images=8, knn_sample_num=8, batch_size=8)
+
+    def swk_warnings(verdict: Verdict) -> list[str]:  # one epoch converges nowhere: leave out the abstention
+        return [w for w in verdict.extras.get("warnings", []) if w != verdict.extras.get("abstained")]
+
     for chosen, warned in [(3, True), (4, False)]:
         curve = SWKResult(chosen, [3, 4, 5], [0.3, 0.2, 0.1], [0.3, 0.2, 0.1], 1)
         monkeypatch.setattr(detector, "choose_k", lambda *args, curve=curve, **kw: curve)
         verdict = SSLCleanse(fast).inspect(context(data, encoder, None))
         assert verdict.extras["k"] == chosen
-        warnings = verdict.extras.get("warnings", [])
+        warnings = swk_warnings(verdict)
         assert bool(warnings) == warned, warnings
         if warned:
             assert len(warnings) == 1 and "k_min" in warnings[0] and "\n" not in warnings[0]
     fixed = SSLCleanse(replace(fast, clusters=3)).inspect(context(data, encoder, None))
-    assert fixed.extras.get("warnings", []) == []
+    assert swk_warnings(fixed) == []
     one_k = SWKResult(3, [3], [0.3], [0.3], 1)  # a range of one K is a fixed K: nothing to warn about
     assert detector.verdict_warnings(one_k, 3) == []
     (emptied,) = detector.verdict_warnings(None, 2)  # k-means left two non-empty clusters
@@ -352,3 +359,43 @@ def test_a_whole_image_trigger_is_judged_without_trigger_overlap(tmp_path, tiny_
     row = pd.read_csv(run_dir / "results.csv").set_index("defense").loc["sslcleanse"]
     assert 0 <= row["flagged_label"] < 10 and "trigger_iou" not in row.index
     assert "reversed_vs_true" not in str(row["figures"])
+
+
+def _stubbed_verdict(monkeypatch, norms: list[float], reached: list[bool]) -> Verdict:
+    """The detector's verdict when the inversion gives these per-cluster norms (clustering and inversion stubbed)."""
+    import benchsuite.sslcleanse.detector as detector
+    from benchsuite.sslcleanse.inversion import Inversion
+
+    k, n = len(norms), 4 * len(norms)
+    labels = np.arange(n) % k
+    inversion = Inversion(np.zeros((k, 32, 32), np.float32), np.zeros((k, 3, 32, 32), np.float32),
+                          np.array(norms), np.where(reached, 1.0, 0.5), np.array(reached))
+    monkeypatch.setattr(detector, "cluster_sample", lambda *args, **kw: (labels, None))
+    monkeypatch.setattr(detector, "invert_triggers", lambda *args, **kw: inversion)
+    images = np.zeros((n, 32, 32, 3), np.uint8)
+    return detector.detect(torch.nn.Identity(), images, np.zeros((n, 4), np.float32), replace(SMALL, ratio=1.0),
+                           SEED, torch.device("cpu"))
+
+
+def test_clusters_that_never_converged_stay_out_of_the_mad_test(monkeypatch):
+    """Issue #24: a norm of 1 (the ASR never reached the threshold) is no norm; six of them made the MAD 0 and the
+    index 9.4e11. The test runs on the five converged clusters: median 0.09, MAD 0.01 -> (0.09-0.06)/(1.4826*0.01)."""
+    norms = [0.06, 0.08, 0.09, 0.10, 0.11] + [1.0] * 6
+    verdict = _stubbed_verdict(monkeypatch, norms, [True] * 5 + [False] * 6)
+    assert verdict.score == pytest.approx(0.03 / (1.4826 * 0.01))
+    assert verdict.extras["unconverged"] == 6 and "abstained" not in verdict.extras
+    assert verdict.trojaned and verdict.flagged == 0
+    columns = judgement_columns(verdict.extras, np.zeros(44, np.int64), {}, np.zeros((0, 4)), np.zeros(0))
+    assert columns["unconverged"] == 6
+    assert columns["min_norm"] == pytest.approx(0.06) and columns["median_norm"] == pytest.approx(0.09)
+
+
+def test_fewer_than_three_converged_clusters_abstain(monkeypatch):
+    for converged in (0, 1, 2):
+        norms = [0.05, 0.2][:converged] + [1.0] * (8 - converged)
+        verdict = _stubbed_verdict(monkeypatch, norms, [True] * converged + [False] * (8 - converged))
+        assert not verdict.trojaned and verdict.flagged is None and np.isnan(verdict.score)
+        assert verdict.extras["unconverged"] == 8 - converged
+        message = verdict.extras["abstained"]
+        assert f"{converged} of 8 clusters" in message and "\n" not in message
+        assert message in verdict.extras["warnings"]

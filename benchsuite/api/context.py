@@ -37,6 +37,9 @@ class DefenseContext:
     # passes through ``encoder`` must be normalised with it
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    # the class of each image, given to encoder-level detectors only (the defender's own clean data) for a
+    # class-balanced draw such as DECREE's shadow set; None where the defense sees no labels (filters)
+    labels: np.ndarray | None = None
 
 
 @dataclass

@@ -46,7 +46,10 @@ class Detection:
 
 @dataclass
 class ReversedTrigger:
-    """A trigger a detector reconstructed: mask (H, W) in [0, 1] and pattern (H, W, 3) uint8."""
+    """A trigger a detector reconstructed: mask (H, W) and pattern (3, H, W), both float in [0, 1].
+
+    The blend is ``(1 - mask) * x + mask * pattern`` on images in [0, 1]; the suite draws it beside the real
+    trigger and scores their overlap (``benchsuite/eval/reversed_trigger.py``)."""
 
     mask: np.ndarray
     pattern: np.ndarray

@@ -11,6 +11,8 @@ labels of the defender's sample. From these come the columns of the per-encoder 
   box, between the reversed pattern and the true trigger (RGB values in [0, 1]); 0 = unrelated.
   When a mask smaller than the trigger fits several boxes equally well, the best correlation of
   those placements counts (an unrelated pattern then scores slightly above 0).
+- ``k``, ``min_norm``, ``median_norm``, ``unconverged``: K, the smallest and the median mask norm of the
+  clusters whose inversion converged (those the MAD test compares), and how many did not converge.
 - ``flagged_label``: the majority class of the sampled images in the smallest-norm cluster, and
   ``flagged_is_target`` whether it is the attacked class; ``target_cluster_norm`` / ``_rank`` where the
   attacked class's own cluster stands among the K mask norms (rank 1 would be judged).
@@ -166,7 +168,13 @@ def judgement_columns(extras: dict, labels: np.ndarray, triggers: dict[int, np.n
     out: dict[str, float | int | bool] = {}
     if "norms" in extras:
         norms = np.asarray(extras["norms"], dtype=np.float64)
-        out.update(k=int(extras.get("k", len(norms))), min_norm=float(norms.min()), median_norm=float(np.median(norms)))
+        # the converged clusters' norms, those the outlier test compares (an unconverged one's 1 is no norm)
+        measured = norms[np.asarray(extras["reached"], dtype=bool)] if "reached" in extras else norms
+        out.update(k=int(extras.get("k", len(norms))),
+                   min_norm=float(measured.min()) if len(measured) else float("nan"),
+                   median_norm=float(np.median(measured)) if len(measured) else float("nan"))
+    if "unconverged" in extras:
+        out["unconverged"] = int(extras["unconverged"])
     if "sample" in extras and "clusters" in extras:
         sample, clusters = np.asarray(extras["sample"]), np.asarray(extras["clusters"])
         label, share = majority_label(sample[clusters == extras["smallest"]], labels)

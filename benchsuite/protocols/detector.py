@@ -61,6 +61,7 @@ class DetectorProtocol(DefenseProtocol):
             extra["mitigate_s"] = timing.wall_s if timing is not None and repaired else float("nan")
         if np.isfinite(verdict.threshold):
             extra["detector_threshold"] = verdict.threshold
+        extra["detector_score"] = score  # which column holds the score (the per-encoder table reads it)
         return run.evaluated_rows(defense.name, encoder, extra, run.costs(defense_stages, []))
 
 
@@ -75,6 +76,7 @@ def judgement(run: CellRun, defense: Defense, threat: Threat, verdict: Verdict,
         found = None if reversed_trigger is None else (reversed_trigger.mask, reversed_trigger.pattern)
         columns = judgement_columns(v.extras, labels, threat.triggers, threat.boxes, threat.box_targets, found)
         columns["detect_s"] = v.extras.get("seconds", float("nan"))
+        columns.update(v.extras.get("columns", {}))  # a detector's own per-encoder columns (DECREE's inversion)
         out.update({prefix + name: value for name, value in columns.items()})
     return out
 

@@ -25,9 +25,11 @@ from benchsuite.reporting.results import load_results
 PROVENANCE = ["suite_version", "git_commit", "config_hash", "preset", "ssl", "backbone", "epochs", "hardware",
               "torch_version", "date"]
 IDENTITY = ["dataset", "attack", "targets", "target", "rate", "seed", "defense", "metric_set"]
-# the evaluator's view of an SSL-Cleanse verdict (benchsuite/eval/reversed_trigger.py), poisoned and clean encoder
-JUDGED = ["k", "min_norm", "median_norm", "flagged_label", "flagged_label_share", "flagged_is_target",
-          "target_cluster_norm", "target_cluster_rank", "trigger_iou", "trigger_iou_best", "trigger_colour_corr",
+# the evaluator's view of a detector's verdict (benchsuite/eval/reversed_trigger.py), poisoned and clean encoder:
+# SSL-Cleanse's clusters, DECREE's inversion, the reversed trigger against the real one
+JUDGED = ["k", "min_norm", "median_norm", "unconverged", "flagged_label", "flagged_label_share", "flagged_is_target",
+          "target_cluster_norm", "target_cluster_rank", "inversion_valid", "inversion_epochs", "inversion_self_sim",
+          "inversion_self_sim_all", "shadow_self_sim", "trigger_iou", "trigger_iou_best", "trigger_colour_corr",
           "detect_s"]
 METRIC_SETS = {
     "probe": ["clean_acc", "clean_fp", "clean_asr", "patched_acc", "patched_fp", "patched_asr", "patched_confusion",
@@ -37,8 +39,8 @@ METRIC_SETS = {
                   "top50_acc", "top100_acc", "top500_acc", "top20_window_acc", "top50_window_acc", "top100_window_acc",
                   "iou", "catch_rate", "iou_all", "catch_rate_all",
                   "random_removal_recall", "random_removal_clean_acc", "random_removal_patched_asr"],
-    "encoder_verdict": ["trojaned", "anomaly_index", "flagged", "clean_trojaned", "clean_anomaly_index",
-                        *JUDGED, *(f"clean_{m}" for m in JUDGED), "mitigate_s"],
+    "encoder_verdict": ["trojaned", "anomaly_index", "pl1", "flagged", "clean_trojaned", "clean_anomaly_index",
+                        "clean_pl1", "detector_threshold", *JUDGED, *(f"clean_{m}" for m in JUDGED), "mitigate_s"],
     "cost": COST_COLUMNS,
     # model attacks in BadEncoder's terms: its ASR (target class included), the downstream task, the fine-tune
     "badencoder": ["downstream", "badencoder_asr", "attack_effectiveness_cos", "attack_reference_cos",

@@ -38,7 +38,9 @@ CAPTIONS = {"patches": "retrieved candidate trigger patches (top-k)", "attention
             "pr": "precision-recall of the ranking", "swk": "SWK: smoothed silhouette over K",
             "reversed_vs_true": "the real trigger at its mean position beside the encoder's reversed one "
                                 "(m * delta on grey) and its mask > 0.5 (red box: the real trigger)",
-            "trigger": "reversed trigger"}
+            "trigger": "reversed trigger",
+            "inversion": "DECREE: the inverted trigger (m * p on grey, the mask) and its optimisation per epoch: the "
+                         "triggered batches' self-similarity, the mask's share of the image, lambda"}
 
 
 def _img(path: Path) -> str:

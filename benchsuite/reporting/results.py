@@ -22,7 +22,8 @@ COLUMNS = [
     "best_flip_share",
     "top5_acc", "top10_acc", "top20_acc", "top50_acc", "top100_acc", "top500_acc",
     "top20_window_acc", "top50_window_acc", "top100_window_acc", "iou", "catch_rate", "iou_all", "catch_rate_all",
-    "trojaned", "anomaly_index", "flagged", "clean_trojaned", "clean_anomaly_index", "figures",
+    "trojaned", "anomaly_index", "pl1", "flagged", "clean_trojaned", "clean_anomaly_index", "clean_pl1",
+    "detector_threshold", "detector_score", "figures",
     "ssl", "backbone", "epochs", "probe", "label_fraction", "encoder_key", *COST_COLUMNS,
 ]
 

@@ -8,10 +8,12 @@
   and patched data.
 - ``detection``: per target and filter defense: removal, recall, the pasting control's flag rate, precision,
   top-20 accuracy (PatchSearch's and PoisonCAM's), IoU and CR (over the top-20's poisons and over all 20).
-- ``sslcleanse``: per setting the encoders judged, TP, FP and DACC (SSL-Cleanse slides).
-- ``sslcleanse-encoders``: one row per judged encoder (each cell's poisoned one, each seed's clean one):
-  K, anomaly index, verdict, the smallest-norm cluster's majority class, the reversed trigger's IoU and
-  colour agreement with the real one, detection and mitigation time.
+- ``sslcleanse``: per setting and encoder-level detector (SSL-Cleanse, DECREE) the encoders judged, TP, FP and
+  DACC (SSL-Cleanse slides).
+- ``sslcleanse-encoders``: one row per judged encoder (each cell's poisoned one, each seed's clean one) and
+  detector: its score (SSL-Cleanse's anomaly index, DECREE's PL1), verdict, K and the smallest-norm cluster's
+  majority class (SSL-Cleanse), the reversed trigger's IoU and colour agreement with the real one, detection
+  and mitigation time.
 - ``badencoder``: per downstream dataset, model attack and target: CA, BA, ASR, ASR-B (BadEncoder's Table;
   its ASR counts the target class) beside the suite's target-excluded ASR.
 - ``cost``: per setting and defense, the wall / CPU time of the defense's own stages, ms per image and
@@ -32,7 +34,7 @@ from rich.table import Table
 from benchsuite.reporting.results import REFERENCE_DEFENSE
 
 DISPLAY_NAMES = {"none": "w/o Defense", REFERENCE_DEFENSE: "Clean model (ref.)", "patchsearch": "PatchSearch",
-                 "poisoncam": "PoisonCAM", "icutmix": "i-CutMix", "sslcleanse": "SSL-Cleanse"}
+                 "poisoncam": "PoisonCAM", "icutmix": "i-CutMix", "sslcleanse": "SSL-Cleanse", "decree": "DECREE"}
 TABLE1_METRICS = [("clean_acc", "Clean ACC"), ("clean_asr", "Clean ASR"),
                   ("patched_acc", "Patched ACC"), ("patched_asr", "Patched ASR")]
 # PS / PC: PatchSearch's top-k accuracy (share of poisons, Table 1) / PoisonCAM's (window on the trigger, Figure 1);
@@ -202,7 +204,7 @@ def patchsearch_t2_frame(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def dacc_frame(results: pd.DataFrame) -> pd.DataFrame | None:
-    """SSL-Cleanse detection accuracy: per setting and model defense, encoders judged, TP, FP and DACC.
+    """Detection accuracy of the encoder-level detectors: per setting and detector, encoders judged, TP, FP, DACC.
 
     Each cell's threat encoder counts once (not once per target); the clean encoder of a seed is
     shared by every cell of that seed, so it counts once per (dataset, seed).
@@ -243,16 +245,24 @@ def _target_cluster(row: pd.Series, prefix: str) -> str:
     return f"{_cell(row, prefix + 'target_cluster_norm', 3)} ({int(rank)})"
 
 
+def _score_name(row: pd.Series) -> str:
+    """The column of the row's detector score (``detector_score``; rows written before it: SSL-Cleanse's)."""
+    name = row.get("detector_score")
+    return "anomaly_index" if name is None or (isinstance(name, float) and pd.isna(name)) else str(name)
+
+
 def _encoder_record(row: pd.Series, prefix: str, which: str) -> dict[tuple[str, str], str]:
     """One judged encoder's cells; ``prefix`` "" for the poisoned encoder, "clean_" for the clean one."""
+    score = _score_name(row)
     label = row.get(prefix + "flagged_label")
     share = row.get(prefix + "flagged_label_share")
     trojaned = row.get("trojaned" if not prefix else "clean_trojaned")
     cls = "-" if label is None or pd.isna(label) else f"{int(label)} ({100 * share:.0f}%)"
     return {("", "Dataset"): str(row["dataset"]), ("", "Attack"): str(row["attack"]),
             ("", "Target"): str(row.get("targets", row["target"])), ("", "Seed"): str(row["seed"]),
-            ("", "Encoder"): which, ("", "K"): _cell(row, prefix + "k", 0),
-            ("", "Anomaly index"): _cell(row, "anomaly_index" if not prefix else "clean_anomaly_index"),
+            ("", "Encoder"): which, ("", "Defense"): display_name(str(row["defense"])),
+            ("", "Score"): f"{score.replace('_', ' ')} {_cell(row, prefix + score, 3)}",
+            ("", "K"): _cell(row, prefix + "k", 0),
             ("", "Verdict"): "-" if trojaned is None or pd.isna(trojaned) else
             ("trojaned" if bool(trojaned) else "benign"),
             ("Smallest cluster", "norm / median"): f"{_cell(row, prefix + 'min_norm', 3)} / "
@@ -268,10 +278,10 @@ def _encoder_record(row: pd.Series, prefix: str, which: str) -> dict[tuple[str, 
 
 
 def encoders_frame(results: pd.DataFrame) -> pd.DataFrame | None:
-    """SSL-Cleanse per encoder: each cell's poisoned encoder, then each seed's clean encoder once."""
-    if "anomaly_index" not in results or results["anomaly_index"].isna().all():
+    """Per detector and encoder: each cell's poisoned encoder, then each seed's clean encoder once."""
+    if "trojaned" not in results or results["trojaned"].isna().all():
         return None
-    judged = results[results["anomaly_index"].notna()]
+    judged = results[results["trojaned"].notna()]
     records = []
     for _, row in judged.drop_duplicates(["dataset", "attack", "targets", "rate", "seed", "defense"]).iterrows():
         records.append(_encoder_record(row, "", "poisoned"))
@@ -351,10 +361,12 @@ LAYOUTS: dict[str, tuple[str, Layout]] = {
     "patchsearch-t2": ("PatchSearch Table 2: Acc / FP / ASR on clean and patched data", patchsearch_t2_frame),
     "detection": ("Detection per target: removal, pasting control (% of clean images with a pasted foreign square "
                   "flagged), ranking (PS: PatchSearch's top-k Acc, PC: PoisonCAM's) and located windows", table2_frame),
-    "sslcleanse": ("SSL-Cleanse: encoder-level detection accuracy", dacc_frame),
-    "sslcleanse-encoders": ("SSL-Cleanse per encoder: the smallest-norm cluster's class (majority of its sampled "
-                            "images) and the reversed trigger against the real one (mask > 0.5; IoU at the "
-                            "trigger's mean position and at the best position)", encoders_frame),
+    "sslcleanse": ("Encoder-level detectors (SSL-Cleanse, DECREE): detection accuracy", dacc_frame),
+    "sslcleanse-encoders": ("Detectors per encoder: the score (SSL-Cleanse: anomaly index, trojaned above the "
+                            "threshold; DECREE: PL1, trojaned below), the smallest-norm cluster's class (majority "
+                            "of its sampled images; SSL-Cleanse) and the reversed trigger against the real one "
+                            "(mask > 0.5; IoU at the trigger's mean position and at the best position)",
+                            encoders_frame),
     "badencoder": ("BadEncoder's table (model attacks): CA / BA = clean accuracy of the clean / backdoored encoder, "
                    "ASR / ASR-B = triggered test images classified as the target, the target class included, on "
                    "the backdoored / clean encoder (%)", badencoder_frame),

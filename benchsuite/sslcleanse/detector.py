@@ -13,8 +13,8 @@ from benchsuite.api import Verdict
 from benchsuite.api.context import IMAGENET_MEAN, IMAGENET_STD
 from benchsuite.core.errors import BenchError
 from benchsuite.eval.features import extract_features
+from benchsuite.eval.trigger_codec import encode_trigger
 from benchsuite.ssl.augment import AugmentConfig, to_float
-from benchsuite.sslcleanse.codec import encode_trigger
 from benchsuite.sslcleanse.config import MIN_CLUSTERS, SSLCleanseConfig, validate
 from benchsuite.sslcleanse.inversion import Inversion, invert_triggers
 from benchsuite.sslcleanse.outlier import anomaly_index
@@ -57,17 +57,39 @@ def detect(encoder: nn.Module, images: np.ndarray, features: np.ndarray | None, 
     encoder.to(device)
     x = to_float(torch.from_numpy(images[idx])).to(device)
     inv = invert_triggers(encoder, x, torch.from_numpy(feats).to(device), labels, cfg, seed, norm=norm)
-    index = anomaly_index(inv.norms, cfg.mad_consistency, cfg.mad_scale)
-    smallest = int(np.argmin(inv.norms))
-    trojaned = index > cfg.anomaly_threshold
+    index, smallest, abstained = outlier_test(inv, cfg)
+    trojaned = index > cfg.anomaly_threshold  # False for NaN (an abstention)
     extras = _extras(inv, idx, labels, swk, smallest, time.perf_counter() - start)
     warnings = verdict_warnings(swk, int(labels.max()) + 1)
+    if abstained:
+        extras["abstained"] = abstained
+        warnings.append(abstained)
     if warnings:
         extras["warnings"] = warnings
     if workdir is not None:
         _pictures(Path(workdir), inv, swk, smallest, index, trojaned, images[idx][labels != smallest][0])
     return Verdict(bool(trojaned), float(index), float(cfg.anomaly_threshold), smallest if trojaned else None,
                    extras)
+
+
+def outlier_test(inv: Inversion, cfg: SSLCleanseConfig) -> tuple[float, int, str]:
+    """The MAD anomaly index over the clusters whose inversion converged (ASR reached the threshold), the
+    smallest-norm one of them, and why the test abstained ("" when it did not).
+
+    An unconverged cluster's norm is a placeholder (1), not a measurement: with half the clusters there the
+    median is 1 and the MAD 0, and the index explodes (issue #24). With fewer than ``MIN_CLUSTERS`` converged
+    clusters no outlier can be told from the rest: the index is NaN and the verdict benign.
+    """
+    converged = np.flatnonzero(inv.reached)
+    k = len(inv.norms)
+    # the smallest converged cluster; the smallest of all when none converged (its trigger still travels)
+    smallest = int(converged[np.argmin(inv.norms[converged])]) if len(converged) else int(np.argmin(inv.norms))
+    if len(converged) < MIN_CLUSTERS:
+        why = (f"only {len(converged)} of {k} clusters converged (attack success >= asr_threshold "
+               f"{cfg.asr_threshold}): the MAD test needs {MIN_CLUSTERS}, no verdict; raise "
+               "defense.sslcleanse.epochs or lower asr_threshold")
+        return float("nan"), smallest, why
+    return anomaly_index(inv.norms[converged], cfg.mad_consistency, cfg.mad_scale), smallest, ""
 
 
 def verdict_warnings(swk: SWKResult | None, k: int) -> list[str]:
@@ -88,7 +110,8 @@ def _extras(inv: Inversion, idx: np.ndarray, labels: np.ndarray, swk: SWKResult 
     return {"k": int(labels.max()) + 1, "sampled": len(idx), "cluster_sizes": np.bincount(labels).tolist(),
             "sample": idx.tolist(), "clusters": labels.tolist(),
             "norms": [round(float(v), 6) for v in inv.norms], "asr": [round(float(v), 4) for v in inv.asr],
-            "reached": inv.reached.tolist(), "smallest": smallest, "swk": None if swk is None else swk.to_json(),
+            "reached": inv.reached.tolist(), "unconverged": int((~inv.reached).sum()), "smallest": smallest,
+            "swk": None if swk is None else swk.to_json(),
             "trigger": encode_trigger(inv.masks[smallest], inv.patterns[smallest]), "seconds": round(seconds, 1)}
 
 

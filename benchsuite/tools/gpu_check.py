@@ -208,6 +208,20 @@ def sslcleanse_inversion(inp: Inputs) -> str:
     return f"3 clusters, norms {', '.join(f'{v:.2f}' for v in inv.norms)}"
 
 
+def decree_inversion(inp: Inputs) -> str:
+    from benchsuite.decree.config import DecreeConfig
+    from benchsuite.decree.inversion import invert_trigger, triggered_self_similarity
+
+    shadow = torch.from_numpy(inp.images[:16]).to(inp.device)
+    encoder = inp.cnn.to(inp.device).eval()
+    inv = invert_trigger(encoder, shadow, DecreeConfig(batch_size=8, max_epochs=1), seed=0,
+                         label="gpu-check DECREE inversion")
+    everything = triggered_self_similarity(encoder, shadow, inv.mask, inv.pattern)
+    _finite(np.array([inv.history["self_sim"][-1], inv.history["l1"][-1], everything]), "the self-similarity and L1")
+    return f"{inv.steps} steps, last self-similarity {inv.history['self_sim'][-1]:.3f}, mask share " \
+           f"{inv.history['l1'][-1] / inv.mask.size / 3:.3f}"
+
+
 def torchrun_step(inp: Inputs) -> str:
     """One torchrun process (NCCL on CUDA, gloo on CPU): collectives on the device and a trainer step."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
@@ -307,7 +321,8 @@ def checks() -> dict[str, Callable[[Inputs], str]]:
     found.update({"feature extraction": features, "faiss k-means": faiss_kmeans,
                   "PoisonCAM masked scoring": poisoncam_masking, "Grad-CAM (CNN)": gradcam("cnn"),
                   "Grad-CAM (ViT)": gradcam("vit"), "flip test": flip_test, "poison classifier": poison_classifier,
-                  "SSL-Cleanse inversion": sslcleanse_inversion, "torchrun step": torchrun_step,
+                  "SSL-Cleanse inversion": sslcleanse_inversion, "DECREE inversion": decree_inversion,
+                  "torchrun step": torchrun_step,
                   "tiny cell, CUDA vs CPU": cuda_vs_cpu})
     return found
 

@@ -393,9 +393,16 @@ def _backdoor_price(config: RunConfig, registry: Registry, attack: str, n: int, 
 
 def _encoder_defense_stages(planned: Any, n: int, fwd_rate: float, ssl_rate: float,
                             cleanse_cls: type) -> list[Stage]:
-    """An encoder-level defense's inspect or mitigate stage, priced for SSL-Cleanse (one run each)."""
+    """An encoder-level defense's inspect or mitigate stage, priced for SSL-Cleanse and DECREE (one run each)."""
+    from benchsuite.decree.config import DecreeConfig
+
     defense = planned.defense
     cfg = defense.config
+    if isinstance(cfg, DecreeConfig) and planned.stage == "inspect":
+        # an upper bound: the inversion stops early once its smallest valid trigger stops shrinking
+        shadow = min(cfg.shadow_images, n)
+        return [Stage(f"inspect: {defense.name} (at most)", 1, f"<= {cfg.max_epochs} epochs x {shadow:,} images",
+                      cfg.max_epochs * shadow * INPUT_GRAD_FORWARDS / fwd_rate)]
     if not isinstance(cfg, cleanse_cls):
         return [Stage(f"{planned.stage}: {defense.name} (plugin)", 1, "not projected", float("nan"))]
     if planned.stage == "inspect":

@@ -1,4 +1,4 @@
-"""A reversed trigger as a small RGBA PNG (alpha = mask), base64 for the JSON verdict.
+"""A reversed trigger as a small RGBA PNG (alpha = mask), base64 for the JSON verdict of any detector.
 
 The verdict is all the mitigator gets, so the trigger travels inside it; 8 bits per value is
 plenty for a blend mask, and pixels under a zero mask are blanked so the PNG stays small.
