@@ -8,7 +8,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -207,28 +206,3 @@ def test_gpu_check_runs_the_inversion(tmp_path):
     assert gpu_check.gpu_check(tmp_path, "cpu", ["DECREE inversion"]) == 0  # on CUDA: bf16 + channels_last
     (check,) = json.loads((tmp_path / "gpu_check.json").read_text())["checks"]
     assert check["status"] == "ok" and "2 steps" in check["detail"]
-
-
-@pytest.mark.slow
-def test_cli_grid_with_decree(tmp_path, tiny_args, capsys):
-    options = ["shadow_images=16", "batch_size=8", "max_epochs=2"]
-    sets = [arg for option in options for arg in ("--set", f"defense.decree.{option}")]
-    assert main(["run", "--defense", "decree", *tiny_args, *sets]) == 0
-    out = capsys.readouterr().out
-    assert "DECREE" in out and "DACC" in out and "Detectors per encoder" in out
-    run_dir = next(p for p in (tmp_path / "runs").iterdir() if p.name != "cache")
-    results = pd.read_csv(run_dir / "results.csv").set_index("defense")
-    row = results.loc["decree"]
-    assert row["trojaned"] in (True, False) and row["clean_trojaned"] in (True, False)
-    assert 0 <= row["pl1"] <= 1 and 0 <= row["clean_pl1"] <= 1
-    assert row["detector_threshold"] == 0.1 and row["detector_score"] == "pl1"
-    assert row["encoder_key"] == results.loc["none", "encoder_key"]  # nothing repaired: the encoder as it is
-    for prefix in ("", "clean_"):  # the inverted trigger judged against the real one, the inversion's columns
-        assert 0 <= row[prefix + "trigger_iou"] <= row[prefix + "trigger_iou_best"] <= 1
-        assert row[prefix + "inversion_epochs"] == 2 and row[prefix + "detect_s"] >= 0
-    figures = {Path(f).name for f in row["figures"].split(";")}
-    assert {"decree_inversion.png", "decree_reversed_vs_true_poisoned.png",
-            "decree_reversed_vs_true_clean.png"} <= figures
-    assert main(["table", str(run_dir), "--layout", "sslcleanse", "--format", "markdown"]) == 0
-    table = capsys.readouterr().out
-    assert "DECREE" in table and "DACC" in table

@@ -255,11 +255,15 @@ def test_cli_prints_the_dacc_table(tmp_path, tiny_args, capsys):
                "inversion_images=16", "knn_sample_num=16", "mitigate_when='always'", "mitigate_ratio=0.2",
                "mitigate_epochs=1", "mitigate_batch_size=24", "mitigate_warmup_steps=0"]
     sets = [arg for option in options for arg in ("--set", f"defense.sslcleanse.{option}")]
-    assert main(["run", "--defense", "sslcleanse", *tiny_args, *sets]) == 0
+    # DECREE judges the same two encoders in the same run (one pair of encoder trainings for both detectors)
+    sets += [arg for option in ("shadow_images=16", "batch_size=8", "max_epochs=2")
+             for arg in ("--set", f"defense.decree.{option}")]
+    assert main(["run", "--defense", "sslcleanse,decree", *tiny_args, *sets]) == 0
     out = capsys.readouterr().out
-    assert "SSL-Cleanse" in out and "DACC" in out
+    assert "SSL-Cleanse" in out and "DACC" in out and "DECREE" in out
     run_dir = next(p for p in (tmp_path / "runs").iterdir() if p.name != "cache")
     results = pd.read_csv(run_dir / "results.csv").set_index("defense")
+    _check_decree_row(results, run_dir, capsys)
     row = results.loc["sslcleanse"]
     for prefix in ("", "clean_"):  # 3 inversion epochs: few clusters converge, below three the test abstains
         index, converged = row[prefix + "anomaly_index"], row[prefix + "k"] - row[prefix + "unconverged"]
@@ -399,3 +403,21 @@ def test_fewer_than_three_converged_clusters_abstain(monkeypatch):
         message = verdict.extras["abstained"]
         assert f"{converged} of 8 clusters" in message and "\n" not in message
         assert message in verdict.extras["warnings"]
+
+
+def _check_decree_row(results: pd.DataFrame, run_dir: Path, capsys) -> None:
+    """DECREE's row of the shared CLI run: its verdicts, score, inverted-trigger columns, pictures and table."""
+    row = results.loc["decree"]
+    assert row["trojaned"] in (True, False) and row["clean_trojaned"] in (True, False)
+    assert 0 <= row["pl1"] <= 1 and 0 <= row["clean_pl1"] <= 1
+    assert row["detector_threshold"] == 0.1 and row["detector_score"] == "pl1"
+    assert row["encoder_key"] == results.loc["none", "encoder_key"]  # nothing repaired: the encoder as it is
+    for prefix in ("", "clean_"):  # the inverted trigger judged against the real one, the inversion's columns
+        assert 0 <= row[prefix + "trigger_iou"] <= row[prefix + "trigger_iou_best"] <= 1
+        assert row[prefix + "inversion_epochs"] == 2 and row[prefix + "detect_s"] >= 0
+    figures = {Path(f).name for f in row["figures"].split(";")}
+    assert {"decree_inversion.png", "decree_reversed_vs_true_poisoned.png",
+            "decree_reversed_vs_true_clean.png"} <= figures
+    assert main(["table", str(run_dir), "--layout", "sslcleanse", "--format", "markdown"]) == 0
+    table = capsys.readouterr().out
+    assert "DECREE" in table and "DACC" in table and "SSL-Cleanse" in table
