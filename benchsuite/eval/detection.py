@@ -136,7 +136,8 @@ def window_metrics(scores: np.ndarray, windows: np.ndarray | None, boxes: np.nda
     the ``n_scored`` images the defense scored.
     """
     nan = {"iou": float("nan"), "catch_rate": float("nan"), "iou_all": float("nan"), "catch_rate_all": float("nan")}
-    if not _has_boxes(windows, boxes) or not _fits(k, scores, n_scored):
+    # a top-k reaching past the scored images is NaN; one past a small, fully scored set is the whole set
+    if not _has_boxes(windows, boxes) or (n_scored is not None and n_scored < len(scores) and k > n_scored):
         return nan
     top = ranking(scores)[:k]
     iou, cr = box_iou(windows[top], boxes[top]), catch_rate(windows[top], boxes[top])
