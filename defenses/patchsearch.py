@@ -31,7 +31,7 @@ class PatchSearch(Defense):
 
     def detect(self, ctx) -> Detection:
         cfg = filter_config(self.config, ctx.num_classes, len(ctx.images))
-        locator = GradCamLocator(self.config.cam_layer)
+        locator = GradCamLocator(self.config.cam_layer, self.config.compat)
         locator.target(ctx.encoder, ctx.images.shape[1:3])  # a bad cam_layer fails here; logs the map size
         return run_filter(ctx, locator, cfg)
 

@@ -4,6 +4,8 @@ checked against the share of patched images the encoder's own trigger gate fires
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -40,6 +42,12 @@ def wired(tmp_path_factory):
     return stages, trigger
 
 
+def _with_probe(stages: Stages, **changes) -> Stages:
+    """The same run (cache, data, attack) with another probe."""
+    config = replace(stages.config, probe=replace(stages.config.probe, **changes))
+    return Stages(config, stages.registry, stages.cache.root)
+
+
 def _gate_share(stages: Stages, encoder: torch.nn.Module) -> float:
     """Percent of the patched non-target validation images on which the encoder's trigger gate is open."""
     patched = stages.patched_val("htba", TARGET, 0)
@@ -70,3 +78,17 @@ def test_a_planted_backdoor_reads_as_a_high_asr_and_its_blind_twin_as_a_low_one(
     n_all = len(stages.patched_val("htba", TARGET, 0).labels)
     expected = (attacked["patched_asr"] * (n_all - n_target) + 100.0 * n_target) / n_all
     assert attacked["badencoder_asr"] == pytest.approx(expected, abs=100.0 / n_all + 1e-6)
+
+
+def test_patchsearchs_linear_evaluation_reads_the_same_backdoor(wired):
+    """probe.kind = "lincls" trains on augmented images through the encoder (no cached features)."""
+    stages, trigger = wired
+    lincls = _with_probe(stages, kind="lincls", lincls_epochs=15, lincls_lr=2.0, lincls_batch_size=50, seeds=(1,))
+    train = stages.splits().train
+    cell = Cell("htba", (TARGET,), 0.5, 0)
+    with single_thread():
+        [attacked] = lincls.evaluate(Encoder("planted-backdoor", ssl_backdoor_encoder(train, trigger, TARGET)), cell)
+        [clean] = lincls.evaluate(Encoder("planted-blind", ssl_backdoor_encoder(train, trigger, TARGET,
+                                                                                 sensitive=False)), cell)
+    assert attacked["patched_asr"] > 85 and clean["patched_asr"] < 15
+    assert attacked["clean_acc"] > 80 and clean["clean_acc"] > 80

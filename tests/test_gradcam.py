@@ -18,7 +18,8 @@ from benchsuite.eval.features import extract_features
 from benchsuite.nets.builtin import benchsuite_backbones
 from benchsuite.poison_search import EncoderRunner, GradCamLocator, box_iou
 from benchsuite.poison_search.gradcam import kmeans_gradcam, resolve_cam_layer
-from tests.fixtures_planted import PlantedEncoder, planted_data, single_thread
+from benchsuite.ssl.augment import AugmentConfig, normalize, to_float
+from tests.fixtures_planted import PlantedEncoder, planted_data, planted_encoder, single_thread
 
 WINDOW = 10  # the planted trigger is 10 px at 32 px
 
@@ -174,3 +175,21 @@ def test_patchsearch_refuses_an_unknown_cam_layer_before_searching(tmp_path):
     with pytest.raises(BenchError, match="cam_layer='layer9'") as err:
         PatchSearch(PatchSearchConfig(cam_layer="layer9")).detect(ctx)
     assert "\n" not in str(err.value)
+
+
+def test_official_code_mode_on_a_vit_differentiates_the_largest_raw_feature():
+    """compat = "code" on a ViT (the official search's k-means head is never called): the CAM of each image
+    follows its largest raw CLS coordinate, whatever the clusters; ResNets keep the cluster's cosine."""
+    p = planted_data()
+    vit = planted_vit(p.trigger, "token")
+    x = normalize(to_float(torch.from_numpy(p.images[:6])), AugmentConfig())
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, vit.num_features, generator=gen)
+    raw = kmeans_gradcam(vit, x, centres, torch.zeros(6, dtype=torch.int64), raw_feature_target=True)
+    other = kmeans_gradcam(vit, x, torch.randn(7, vit.num_features, generator=gen), torch.full((6,), 6),
+                           raw_feature_target=True)
+    torch.testing.assert_close(raw, other)  # the clusters do not reach it
+    assert not torch.allclose(raw, kmeans_gradcam(vit, x, centres, torch.zeros(6, dtype=torch.int64)))
+    assert GradCamLocator(compat="code").raw_feature_target(vit)
+    assert not GradCamLocator(compat="paper").raw_feature_target(vit)
+    assert not GradCamLocator(compat="code").raw_feature_target(planted_encoder(p))

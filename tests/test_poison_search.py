@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -434,3 +436,19 @@ def test_search_in_code_compat_mode_still_ranks_poisons_first(planted):
     assert code.iterations < paper.iterations  # the code's stop at <= 3 clusters
     assert p.poisoning.poison_mask[code.top(20)].mean() >= 0.9
     assert (code.ranked_scores[~code.scored] == 0).all() and np.isneginf(paper.ranked_scores[~paper.scored]).all()
+
+
+def test_the_official_split_drops_the_whole_rankings_top_and_takes_the_lowest_ranked_negatives():
+    """compat = "code": unscored images rank at 0 (above negative scores) and count among the top p %."""
+    scores = np.full(100, -np.inf)
+    scores[:30] = np.arange(30) - 10.0  # scored: -10 .. 19; the 70 unscored rank at 0
+    result = replace(fake_result(scores), unscored_score=0.0)
+    split = split_by_rank(result, 5, 0.25, np.random.default_rng(0), official=True)
+    ranking = result.ranking()
+    np.testing.assert_array_equal(split.val_pos, ranking[:5])  # scores 19 .. 15
+    np.testing.assert_array_equal(np.sort(split.val_neg), np.sort(ranking[-5:]))  # the lowest: -10 .. -6
+    assert set(scores[split.val_neg]) == {-10.0, -9.0, -8.0, -7.0, -6.0}
+    dropped = set(ranking[:25].tolist())  # 19 scored (1..19) and 6 unscored images at 0
+    assert not np.isfinite(scores[list(dropped)]).all() and not dropped & set(split.pool.tolist())
+    default = split_by_rank(result, 5, 0.25, np.random.default_rng(0))  # the suite's: scored top, random unscored
+    assert not np.isfinite(scores[default.val_neg]).any() and np.isfinite(scores[ranking[:25]][:19]).all()

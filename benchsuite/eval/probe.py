@@ -12,11 +12,13 @@ from benchsuite.core.cache import added_field
 from benchsuite.core.errors import BenchError
 
 PROBE_SEEDS = (4787, 4788, 4789, 4790, 4791)  # PatchSearch's five linear-probe runs (spec 1.7)
+PROBE_KINDS = ("linear", "knn", "mlp", "lincls")
+IMAGE_PROBES = ("lincls",)  # probes that train on augmented images through the encoder, not cached features
 
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    kind: str = "linear"  # linear | knn | mlp (BadEncoder's downstream classifier)
+    kind: str = "linear"  # linear | knn | mlp (BadEncoder's downstream classifier) | lincls (PatchSearch's)
     label_fraction: float = 0.01  # papers: 1 % of the training labels
     seeds: tuple[int, ...] = PROBE_SEEDS
     epochs: int = 100  # on cached features; full-batch steps for small splits
@@ -34,6 +36,11 @@ class ProbeConfig:
     # draw the labelled splits with the cell's seed as well as the probe seed, so that "± over seeds" also
     # covers the split's variance; False (default): every cell seed is probed on the same splits
     vary_with_seed: bool = added_field(False)
+    # kind = "lincls": PatchSearch's main_lincls.py on augmented images through the frozen backbone (spec 1.7)
+    lincls_epochs: int = added_field(30)  # PS: 30
+    lincls_lr: float = added_field(0.1)  # PS: 0.1 x batch / 256, per-epoch half-cosine
+    lincls_batch_size: int = added_field(256)  # PS: 256
+    lincls_crop_scale: tuple[float, float] = added_field((0.08, 1.0))  # PS: RandomResizedCrop's default
 
 
 def labelled_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -134,7 +141,9 @@ def fit_knn(feats: np.ndarray, labels: np.ndarray, num_classes: int, cfg: ProbeC
 def fit_probe(feats: np.ndarray, labels: np.ndarray, num_classes: int, cfg: ProbeConfig, seed: int):
     """Fit the configured probe on a labelled split chosen by ``seed``; returns predict()."""
     idx = labelled_split(labels, cfg.label_fraction, seed)
+    if cfg.kind in IMAGE_PROBES:
+        raise BenchError(f"probe {cfg.kind!r} trains on images, not features: use benchsuite.eval.lincls")
     fit = {"linear": fit_linear, "knn": fit_knn, "mlp": fit_mlp}.get(cfg.kind)
     if fit is None:
-        raise BenchError(f"unknown probe {cfg.kind!r}: use linear, knn or mlp")
+        raise BenchError(f"unknown probe {cfg.kind!r}: use {', '.join(PROBE_KINDS)}")
     return fit(feats[idx], labels[idx], num_classes, cfg, seed)

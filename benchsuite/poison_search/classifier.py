@@ -42,6 +42,9 @@ class ClassifierConfig:
     patch_scale: tuple[float, float]  # pasted patch side, fraction of the image side (min, max)
     patch_margin: float  # distance of the pasted patch from the border, fraction of the side
     augment: AugmentConfig  # random resized crop + flip, colour jitter, grayscale (no blur)
+    # compat = "code": the official split (top ceil(p x N) of the whole ranking dropped, the k lowest-ranked
+    # images as validation negatives) instead of the suite's (see :func:`split_by_rank`)
+    official_split: bool = False
 
 
 class PoisonClassifier:
@@ -97,12 +100,15 @@ class Split:
     pool: np.ndarray  # training images (negatives; positives are pasted copies)
 
 
-def split_by_rank(result: SearchResult, k: int, top_p: float, rng: np.random.Generator) -> Split:
+def split_by_rank(result: SearchResult, k: int, top_p: float, rng: np.random.Generator,
+                  official: bool = False) -> Split:
     """Proxy val = top-k (positive) + bottom-k (negative); pool = the rest minus the top ``top_p`` scored.
 
     Bottom-k: k random unscored images (all rank last, tied) when there are enough, else the lowest
     ranked. Only scored images count among the dropped "highest scores" (PatchSearch scores unscored
-    images 0, so its top 10 % can hold arbitrary unscored images).
+    images 0, so its top 10 % can hold arbitrary unscored images). ``official`` (compat = "code"): the
+    official code's split, the top ``ceil(top_p x N)`` of the whole ranking dropped (unscored images
+    included) and the k lowest-ranked images as the negatives.
     """
     n, ranking, n_scored = len(result.scores), result.ranking(), int(result.scored.sum())
     if k < 1:
@@ -112,10 +118,13 @@ def split_by_rank(result: SearchResult, k: int, top_p: float, rng: np.random.Gen
                          "lower top_k")
     if n_scored == 0:
         raise BenchError("the search scored no image: check num_clusters and samples_per_iteration")
-    top = ranking[: min(k, n_scored)]
-    unscored = ranking[n_scored:]
-    bottom = rng.choice(unscored, k, replace=False) if len(unscored) >= k else ranking[-k:]
-    dropped = ranking[: min(math.ceil(top_p * n), n_scored)]  # only scored images count as "high scores"
+    if official:
+        top, bottom, dropped = ranking[:k], ranking[-k:], ranking[: math.ceil(top_p * n)]
+    else:
+        top = ranking[: min(k, n_scored)]
+        unscored = ranking[n_scored:]
+        bottom = rng.choice(unscored, k, replace=False) if len(unscored) >= k else ranking[-k:]
+        dropped = ranking[: min(math.ceil(top_p * n), n_scored)]  # only scored images count as "high scores"
     pool = np.setdiff1d(np.arange(n), np.concatenate([top, bottom, dropped]))
     if len(pool) == 0:
         raise BenchError(f"no training image left for the poison classifier: lower top_p ({top_p}) or top_k ({k})")
@@ -259,7 +268,7 @@ def train_poison_classifier(images: np.ndarray, result: SearchResult, cfg: Class
     device = torch.device(device)
     if cfg.models < 1:
         raise BenchError(f"classifier models={cfg.models} must be >= 1")
-    split = split_by_rank(result, cfg.top_k, cfg.top_p, np.random.default_rng([seed, 29]))
+    split = split_by_rank(result, cfg.top_k, cfg.top_p, np.random.default_rng([seed, 29]), cfg.official_split)
     trainer = _Trainer(images, result.patches(images, cfg.top_k), split, cfg, device)
     models, histories, iterations = [], [], []
     for m in range(cfg.models):

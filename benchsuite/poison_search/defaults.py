@@ -16,7 +16,13 @@ intent ("paper", the default, keeps the intent), one behaviour each:
 5. flip pastes draw top-left corners in [0, side - w) instead of [0, side - w];
 6. the Grad-CAM target is the argmax of the cosine to the cluster means (mean of the members'
    L2-normalised features, also the head's weights) instead of the image's own cluster;
-7. no no-trigger guard: ``min_flip_fraction`` is ignored (neither paper nor code has it).
+7. no no-trigger guard: ``min_flip_fraction`` is ignored (neither paper nor code has it);
+8. the poison classifier's split: the top ``ceil(top_p x N)`` of the whole ranking are dropped (unscored
+   images included) and the k lowest-ranked images are the validation negatives (the default drops only
+   scored images and draws the negatives at random from the unscored tail);
+9. on a ViT, Grad-CAM differentiates the largest coordinate of the raw CLS feature: the official
+   search sets the ViT's head to an identity and assigns its k-means classifier to ``model.fc``,
+   which a timm ViT never calls, so the cluster score never reaches the CAM (ResNets do call ``fc``).
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ def filter_config(options: Any, num_classes: int, num_images: int) -> FilterConf
                                   o.classifier_stem_stride, o.classifier_batch_size, o.classifier_lr,
                                   o.classifier_momentum, o.classifier_weight_decay, o.classifier_iterations,
                                   o.classifier_eval_every, o.classifier_patience, o.paste_prob,
-                                  tuple(o.patch_scale), o.patch_margin, augment)
+                                  tuple(o.patch_scale), o.patch_margin, augment, official_split=o.compat == "code")
     # the official code has no no-trigger guard (compat behaviour 7)
     guard = 0.0 if o.compat == "code" else o.min_flip_fraction
     return FilterConfig(clusters, o.kmeans_iters, o.window, tuple(o.rsd_windows), search, classifier,

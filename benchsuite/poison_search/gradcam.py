@@ -140,10 +140,14 @@ def _activations_and_pooled(encoder: nn.Module, x: torch.Tensor, module: str,
 
 
 def kmeans_gradcam(encoder: nn.Module, x: torch.Tensor, centres: torch.Tensor, targets: torch.Tensor,
-                   autocast: AbstractContextManager | None = None, layer: CamLayer | str = "auto") -> torch.Tensor:
+                   autocast: AbstractContextManager | None = None, layer: CamLayer | str = "auto",
+                   raw_feature_target: bool = False) -> torch.Tensor:
     """Grad-CAM (n, H, W) in [0, 1] of normalised inputs ``x`` for the cosine k-means classifier.
 
     ``layer``: a :func:`resolve_cam_layer` result, or a ``cam_layer`` value resolved here.
+    ``raw_feature_target``: differentiate each image's largest raw pooled coordinate instead of its
+    cluster's cosine (what the official code does on a ViT, compat behaviour 9); ``centres`` and
+    ``targets`` are then unused.
     """
     if isinstance(layer, str):
         layer = resolve_cam_layer(encoder, layer, tuple(x.shape[-2:]))
@@ -161,7 +165,10 @@ def kmeans_gradcam(encoder: nn.Module, x: torch.Tensor, centres: torch.Tensor, t
         raise BenchError(f"encoder {type(encoder).__name__} gives shape {tuple(pooled.shape)}, "
                          "expected (B, D): give an encoder with pooled features")
     with torch.enable_grad():
-        logits = F.normalize(pooled, dim=1) @ F.normalize(centres.float(), dim=1).T
+        if raw_feature_target:  # the output is the feature itself; pytorch-grad-cam's default target is its argmax
+            logits, targets = pooled, pooled.detach().argmax(1)
+        else:
+            logits = F.normalize(pooled, dim=1) @ F.normalize(centres.float(), dim=1).T
         (grads,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), acts)
     acts = as_grid(encoder, acts.detach().float(), layer.channels)
     grads = as_grid(encoder, grads.float(), layer.channels)
@@ -182,9 +189,13 @@ class GradCamLocator:
 
     name = "gradcam"
 
-    def __init__(self, layer: str = "auto") -> None:
-        self.layer = layer
+    def __init__(self, layer: str = "auto", compat: str = "paper") -> None:
+        self.layer, self.compat = layer, compat
         self._targets: dict[tuple[int, tuple[int, int]], CamLayer] = {}
+
+    def raw_feature_target(self, encoder: nn.Module) -> bool:
+        """compat = "code" on a ViT: the official code's CAM never sees the k-means head (behaviour 9)."""
+        return self.compat == "code" and vit_cam_module(encoder) is not None
 
     def target(self, encoder: nn.Module, image_size: tuple[int, int]) -> CamLayer:
         """The resolved layer for ``encoder`` at ``image_size``; logged once per encoder and size."""
@@ -204,7 +215,8 @@ class GradCamLocator:
         for sl in runner.chunks(len(images)):
             x = runner.prepare(runner.unit(images[sl]))
             layer = self.target(runner.encoder, tuple(x.shape[-2:]))
-            cam = kmeans_gradcam(runner.encoder, x, centres, targets[sl], runner.autocast(), layer)
+            cam = kmeans_gradcam(runner.encoder, x, centres, targets[sl], runner.autocast(), layer,
+                                 raw_feature_target=self.raw_feature_target(runner.encoder))
             windows.append(best_windows(cam, window))
             maps.append(cam.float().cpu().numpy())
         h, w = images.shape[1:3]

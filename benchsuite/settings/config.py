@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -14,7 +15,7 @@ import tomllib
 from benchsuite.core.cache import added_field
 from benchsuite.core.errors import BenchError
 from benchsuite.core.typed import from_dict
-from benchsuite.eval.probe import ProbeConfig
+from benchsuite.eval.probe import PROBE_KINDS, ProbeConfig
 from benchsuite.ssl.trainer import TrainConfig
 
 PRESETS = ("smoke", "smoke-detect", "small", "small-cpu", "badencoder-cpu", "paper", "paper-mocov3-vitb",
@@ -110,8 +111,12 @@ def _check_run(config: RunConfig) -> None:
                          "or evaluate a trained backbone with --checkpoint FILE --epochs 0")
     if not probe.seeds:
         raise BenchError("probe.seeds is empty: give at least one probe seed, e.g. --set probe.seeds=[4787]")
-    if probe.kind not in ("linear", "knn", "mlp"):
-        raise BenchError(f"probe.kind {probe.kind!r} is not known: set probe.kind to linear, knn or mlp")
+    if probe.kind not in PROBE_KINDS:
+        raise BenchError(f"probe.kind {probe.kind!r} is not known: set probe.kind to one of {', '.join(PROBE_KINDS)}")
+    if probe.kind == "lincls" and not (probe.lincls_epochs >= 1 and probe.lincls_batch_size >= 1
+                                       and math.isfinite(probe.lincls_lr) and probe.lincls_lr > 0):
+        raise BenchError("probe.lincls_epochs and lincls_batch_size must be >= 1 and lincls_lr finite and > 0 "
+                         "(PatchSearch: 30, 256, 0.1)")
     if not 0 < probe.label_fraction <= 1:
         raise BenchError(f"probe.label_fraction = {probe.label_fraction} must be in (0, 1]: e.g. 0.01 (the papers)")
     if probe.epochs < 1 or probe.knn_k < 1:

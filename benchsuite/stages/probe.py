@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from benchsuite.core.cache import code_versions, stable_hash
 from benchsuite.core.checkpoint import save_json
+from benchsuite.eval.lincls import fit_lincls
 from benchsuite.eval.metrics import (
     accuracy,
     attack_success_rate,
@@ -17,8 +19,12 @@ from benchsuite.eval.metrics import (
     prediction_shares,
     target_share,
 )
-from benchsuite.eval.probe import fit_probe
+from benchsuite.eval.probe import IMAGE_PROBES, fit_probe, labelled_split
+from benchsuite.ssl.augment import AugmentConfig
 from benchsuite.stages.base import Cell, Encoder, StageBase
+
+# predict(name of the image set, its images) -> classes: feature probes look the cached features up by name
+Predict = Callable[[Any, np.ndarray], np.ndarray]
 
 
 class ProbeStage(StageBase):
@@ -49,17 +55,15 @@ class ProbeStage(StageBase):
         def compute() -> list[dict[str, Any]]:
             splits = self.downstream_splits()
             n_cls = splits.train.num_classes
-            train_f = self.features(encoder, splits.train.images, "train", self.downstream_key)
-            val_f = self.features(encoder, splits.val.images, "val", self.downstream_key)
             patched = {t: self.patched_val(cell.attack, t, cell.seed) for t in cell.targets}
-            patched_f = {t: self.features(encoder, p.images, "patched", self.patched_key(cell.attack, t, cell.seed))
-                         for t, p in patched.items()}
+            fit = self._image_probe(encoder) if self.config.probe.kind in IMAGE_PROBES else \
+                self._feature_probe(encoder, cell, patched)
             per_seed = []
             for probe_seed in self.split_seeds(cell.seed):
-                predict = fit_probe(train_f, splits.train.labels, n_cls, self.config.probe, probe_seed)
-                clean_pred = predict(val_f)
+                predict = fit(probe_seed)
+                clean_pred = predict("val", splits.val.images)
                 per_seed.append({t: (confusion_matrix(splits.val.labels, clean_pred, n_cls),
-                                     confusion_matrix(patched[t].labels, predict(patched_f[t]), n_cls))
+                                     confusion_matrix(patched[t].labels, predict(t, patched[t].images), n_cls))
                                  for t in cell.targets})
             rows = []
             for t in cell.targets:
@@ -84,3 +88,32 @@ class ProbeStage(StageBase):
             return rows
 
         return self.cache.run("probe", key, load, compute)
+
+    def _feature_probe(self, encoder: Encoder, cell: Cell, patched: dict[int, Any]) -> Callable[[int], Predict]:
+        """Probes on cached features: ``fit(probe_seed)`` gives ``predict(name, images)`` that looks the
+        features of the named image set up ("val" or a target's patched set)."""
+        splits = self.downstream_splits()
+        train_f = self.features(encoder, splits.train.images, "train", self.downstream_key)
+        named = {"val": self.features(encoder, splits.val.images, "val", self.downstream_key),
+                 **{t: self.features(encoder, p.images, "patched", self.patched_key(cell.attack, t, cell.seed))
+                    for t, p in patched.items()}}
+
+        def fit(probe_seed: int) -> Predict:
+            predict = fit_probe(train_f, splits.train.labels, splits.train.num_classes, self.config.probe, probe_seed)
+            return lambda name, images: predict(named[name])
+
+        return fit
+
+    def _image_probe(self, encoder: Encoder) -> Callable[[int], Predict]:
+        """PatchSearch's linear evaluation on augmented images through the frozen backbone."""
+        splits, cfg = self.downstream_splits(), self.config.probe
+        mean, std = self.input_norm
+        norm = AugmentConfig(mean=mean, std=std)
+
+        def fit(probe_seed: int) -> Predict:
+            idx = labelled_split(splits.train.labels, cfg.label_fraction, probe_seed)
+            predict = fit_lincls(encoder.backbone, splits.train.images[idx], splits.train.labels[idx],
+                                 splits.train.num_classes, cfg, probe_seed, self.device, norm)
+            return lambda name, images: predict(images)
+
+        return fit
