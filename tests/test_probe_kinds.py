@@ -44,7 +44,7 @@ def test_the_mlp_is_badencoders_and_deterministic_for_a_seed():
 
 
 def test_an_unknown_probe_kind_is_refused():
-    with pytest.raises(BenchError, match="linear, knn or mlp"):
+    with pytest.raises(BenchError, match="linear, knn, mlp, lincls"):
         fit_probe(*planted(), 4, replace(ProbeConfig(), kind="svm"), seed=0)
 
 

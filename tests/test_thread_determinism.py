@@ -22,21 +22,18 @@ from benchsuite.reporting.results import TIMING_COLUMNS
 from tests.conftest import TINY_OVERRIDES
 
 
-def _run(out: Path, omp_threads: int, pinned: int, slowed: bool = False) -> tuple[str, pd.DataFrame]:
-    """A tiny htba cell in a fresh process with ``OMP_NUM_THREADS`` (torch's default count) set; the weights'
-    digest of its poisoned encoder and its results. ``slowed``: paused and resumed every 50 ms while it runs."""
+def _start(out: Path, omp_threads: int, pinned: int) -> subprocess.Popen:
+    """A tiny htba cell in a fresh process with ``OMP_NUM_THREADS`` (torch's default count) set."""
     argv = [sys.executable, "-m", "benchsuite.cli", "run", "--attack", "htba", "--defense", "none", "--no-reference",
             "--out", str(out)]
     for item in [*TINY_OVERRIDES, f"cpu_threads={pinned}"]:
         argv += ["--set", item]
     env = {**os.environ, "OMP_NUM_THREADS": str(omp_threads), "MKL_NUM_THREADS": str(omp_threads)}
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if slowed:
-        while proc.poll() is None:
-            time.sleep(0.05)
-            proc.send_signal(signal.SIGSTOP)
-            time.sleep(0.05)
-            proc.send_signal(signal.SIGCONT)
+    return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen, out: Path) -> tuple[str, pd.DataFrame]:
+    """The weights' digest of the run's poisoned encoder and its results (without the timing columns)."""
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-2000:]
     weights = sorted((out / "cache" / "pretrain").glob("*/encoder.safetensors"))
@@ -47,9 +44,17 @@ def _run(out: Path, omp_threads: int, pinned: int, slowed: bool = False) -> tupl
 
 @pytest.mark.slow
 def test_pinned_threads_give_identical_numbers_under_any_count_and_a_slowed_process(tmp_path):
-    one, one_results = _run(tmp_path / "a", omp_threads=1, pinned=2)
-    two, two_results = _run(tmp_path / "b", omp_threads=2, pinned=2, slowed=True)
-    assert one == two
+    # both at once, so each also runs on cores the other one contends for; the second is paused and resumed
+    # every 50 ms while it runs
+    one = _start(tmp_path / "a", omp_threads=1, pinned=2)
+    two = _start(tmp_path / "b", omp_threads=2, pinned=2)
+    while two.poll() is None:
+        time.sleep(0.05)
+        two.send_signal(signal.SIGSTOP)
+        time.sleep(0.05)
+        two.send_signal(signal.SIGCONT)
+    (one_digest, one_results), (two_digest, two_results) = _finish(one, tmp_path / "a"), _finish(two, tmp_path / "b")
+    assert one_digest == two_digest
     pd.testing.assert_frame_equal(one_results, two_results)
 
 
