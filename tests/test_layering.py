@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # what a plugin may build on: the contracts and the methods' shared machinery (plus other plugins' modules)
-PLUGIN_MAY_IMPORT = {"api", "core", "data", "nets", "ssl", "eval", "poison_search", "sslcleanse", "decree",
+PLUGIN_MAY_IMPORT = {"api", "core", "data", "nets", "ssl", "eval", "poison_search", "sslcleanse", "decree", "distill",
                      "encoder_attacks", "triggers",
                      "attacks", "defenses"}
 PLUGIN_PACKAGES = {"attacks", "defenses"}

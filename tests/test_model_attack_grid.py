@@ -13,11 +13,12 @@ from benchsuite.cli import main
 from benchsuite.core.console import console
 from tests.conftest import TINY_OVERRIDES
 
-QUICK = ["attack.badencoder.epochs=1", "attack.badencoder.batch_size=64"]
+QUICK = ["attack.badencoder.epochs=1", "attack.badencoder.batch_size=64", "defense.distill.epochs=2",
+         "defense.distill.fraction=0.5", "defense.distill.batch_size=32", "defense.distill.queue_size=64"]
 
 
 def _args(tmp_path, *extra: str) -> list[str]:
-    args = ["run", "--attack", "badencoder", "--defense", "none,patchsearch,icutmix", "--preset", "smoke",
+    args = ["run", "--attack", "badencoder", "--defense", "none,patchsearch,icutmix,distill", "--preset", "smoke",
             "--device", "cpu", "--out", str(tmp_path / "runs"), *extra]
     for item in [*TINY_OVERRIDES, *QUICK]:
         args += ["--set", item]
@@ -31,7 +32,7 @@ def test_badencoder_runs_through_the_grid(tmp_path, capsys, monkeypatch):
     run = next((tmp_path / "runs").glob("smoke-*"))
     results = pd.read_csv(run / "results.csv")
     rows = {r.defense: r for r in results.itertuples()}
-    assert set(rows) == {"none", "patchsearch", "icutmix", "clean-model"}
+    assert set(rows) == {"none", "patchsearch", "icutmix", "distill", "clean-model"}
     for defense in ("patchsearch", "icutmix"):
         assert isinstance(rows[defense].not_applicable, str) and pd.isna(rows[defense].clean_acc)
     cache = tmp_path / "runs" / "cache"
@@ -42,6 +43,12 @@ def test_badencoder_runs_through_the_grid(tmp_path, capsys, monkeypatch):
     meta = json.loads((cache / "backdoor" / backdoors[0] / "DONE").read_text())
     assert meta["clean"] == pretrains[0]  # fine-tuned from that clean encoder
     assert 0 < rows["none"].attack_utility_cos <= 1 and rows["none"].n_poison == 0
+    # the repairer: a fresh student distilled from the backdoored encoder on half the clean split, evaluated
+    student = rows["distill"]
+    assert student.encoder_key not in (rows["none"].encoder_key, rows["clean-model"].encoder_key)
+    assert student.mitigate_s > 0 and 0 <= student.clean_acc <= 100 and not pd.isna(student.badencoder_asr)
+    [log] = cache.glob("mitigate/*/distill.json")
+    assert json.loads(log.read_text())["images"] == 120 and len(json.loads(log.read_text())["epochs"]) == 2
     figures = run / "figures" / "badencoder_t0_r1_s0"
     for name in ("attack_triggers.png", "attack_references_t0.png", "attack_patched_t0.png"):
         assert (figures / name).is_file(), name

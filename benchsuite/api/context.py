@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,6 +41,9 @@ class DefenseContext:
     # the class of each image, given to encoder-level detectors only (the defender's own clean data) for a
     # class-balanced draw such as DECREE's shadow set; None where the defense sees no labels (filters)
     labels: np.ndarray | None = None
+    # a new, untrained encoder of the recipe's architecture (what a repairer distils into); None where the
+    # suite has no recipe to build one from
+    new_encoder: Callable[[], torch.nn.Module] | None = None
 
 
 @dataclass

@@ -34,7 +34,8 @@ from rich.table import Table
 from benchsuite.reporting.results import REFERENCE_DEFENSE
 
 DISPLAY_NAMES = {"none": "w/o Defense", REFERENCE_DEFENSE: "Clean model (ref.)", "patchsearch": "PatchSearch",
-                 "poisoncam": "PoisonCAM", "icutmix": "i-CutMix", "sslcleanse": "SSL-Cleanse", "decree": "DECREE"}
+                 "poisoncam": "PoisonCAM", "icutmix": "i-CutMix", "sslcleanse": "SSL-Cleanse", "decree": "DECREE",
+                 "distill": "Distillation"}
 TABLE1_METRICS = [("clean_acc", "Clean ACC"), ("clean_asr", "Clean ASR"),
                   ("patched_acc", "Patched ACC"), ("patched_asr", "Patched ASR")]
 # PS / PC: PatchSearch's top-k accuracy (share of poisons, Table 1) / PoisonCAM's (window on the trigger, Figure 1);

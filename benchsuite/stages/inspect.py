@@ -32,7 +32,8 @@ class InspectStage(StageBase):
         feats = self.features(encoder, splits.train.images, "train", self.dataset_key)
         mean, std = self.input_norm
         return DefenseContext(splits.train.images, encoder.backbone, feats, splits.train.num_classes, seed,
-                              self.device, workdir, mean, std, splits.train.labels)
+                              self.device, workdir, mean, std, splits.train.labels,
+                              new_encoder=lambda: self.build_method().backbone)
 
     def inspect_key(self, defense: Defense, encoder_key: str, seed: int) -> str:
         return stable_hash("inspect", defense.name, defense.inspect_options(), encoder_key, self.dataset_key, seed,
