@@ -23,6 +23,7 @@ from benchsuite.core.errors import BenchError
 from benchsuite.encoder_attacks.distances import mean_pairwise_cosine
 from benchsuite.encoder_attacks.finetune import (
     augment_references,
+    central_references,
     embed,
     frozen_copy,
     normalise,
@@ -42,7 +43,9 @@ class BadEncoderConfig:
     trigger_side: int = 0  # 0: the paper's (10 at 32 px, 50 at 224 px)
     trigger_margin: int = 1  # pixels from the bottom and right edges (paper: rows / columns 21-30 at 32 px)
     references: int = 1  # reference images per target (paper: 1)
-    reference: str = "seed"  # "seed": drawn from the target class of the shadow set; or an image file
+    # "seed": drawn from the target class of the shadow set (the paper hand-picks one image); "central": the
+    # target-class image(s) nearest the class's mean clean feature; or an image file
+    reference: str = "seed"
     reference_index: int = -1  # >= 0: the index-th target-class shadow image instead of a drawn one
     shadow_fraction: float = 1.0  # of the training split (paper: all 50,000 CIFAR-10 images; DRUPE: 0.2)
     shadow_count: int = 0  # > 0: this many shadow images instead of the fraction
@@ -106,7 +109,12 @@ class BadEncoder(ModelAttack):
         target = targets[0]
         trigger = self.trigger(shadow.image_size)
         pool = getattr(context, "references", None)
-        references = self.reference_images(pool if pool is not None else shadow, target, seed)
+        pool = pool if pool is not None else shadow
+        if self.config.reference == "central":
+            references = pool.images[central_references(clean, pool, target, self.config.references, context.mean,
+                                                        context.std, context.device)]
+        else:
+            references = self.reference_images(pool, target, seed)
         student, history = self.fine_tune(clean, shadow.images, references, trigger, seed, context)
         return finished(student, trigger, target, references, history, shadow.images, context)
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from benchsuite.api import AttackContext, ImageDataset
 from benchsuite.attacks.badencoder import BadEncoder, BadEncoderConfig
 from benchsuite.core.errors import BenchError
-from benchsuite.encoder_attacks.finetune import embed, shadow_indices
+from benchsuite.encoder_attacks.finetune import central_references, embed, shadow_indices
 from benchsuite.encoder_attacks.trigger import corner_square
 from benchsuite.nets.backbones import small_resnet
 
@@ -154,3 +154,16 @@ def test_patched_val_triggers_every_image(tiny_splits):
     assert (patched.images[:, 21:31, 21:31] == 255).all()
     assert (patched.boxes == [21, 21, 10, 10]).all() and (patched.labels == tiny_splits.val.labels).all()
     assert isinstance(tiny_splits.val, ImageDataset)
+
+
+def test_central_references_are_the_target_images_nearest_the_class_mean_feature():
+    # feature = mean colour (normalised); class 1 is reddish with one blue outlier, class 0 is green
+    colours = np.array([[0, 200, 0], [200, 10, 10], [0, 0, 250], [190, 30, 20], [210, 20, 0], [0, 190, 10]], np.uint8)
+    images = np.broadcast_to(colours[:, None, None, :], (6, 8, 8, 3)).copy()
+    pool = ImageDataset(images, np.array([0, 1, 1, 1, 1, 0]), ["green", "red"])
+    encoder = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    picked = central_references(encoder, pool, 1, 2, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), torch.device("cpu"))
+    assert 2 not in picked and len(picked) == 2 and set(picked) <= {1, 3, 4}  # never the blue outlier
+    assert list(picked) == sorted(picked)
+    with pytest.raises(BenchError, match="reference"):
+        central_references(encoder, pool, 0, 3, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), torch.device("cpu"))

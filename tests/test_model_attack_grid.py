@@ -13,8 +13,9 @@ from benchsuite.cli import main
 from benchsuite.core.console import console
 from tests.conftest import TINY_OVERRIDES
 
-QUICK = ["attack.badencoder.epochs=1", "attack.badencoder.batch_size=64", "defense.distill.epochs=2",
-         "defense.distill.fraction=0.5", "defense.distill.batch_size=32", "defense.distill.queue_size=64"]
+QUICK = ["attack.badencoder.epochs=1", "attack.badencoder.batch_size=64", "attack.badencoder.reference='central'",
+         "defense.distill.epochs=2", "defense.distill.fraction=0.5", "defense.distill.batch_size=32",
+         "defense.distill.queue_size=64"]
 
 
 def _args(tmp_path, *extra: str) -> list[str]:

@@ -72,6 +72,19 @@ def pick_references(shadow: ImageDataset, target: int, count: int, seed: int, in
     return np.sort(np.random.default_rng([seed, target, 31]).choice(members, count, replace=False))
 
 
+def central_references(encoder: nn.Module, pool: ImageDataset, target: int, count: int, mean: tuple[float, ...],
+                       std: tuple[float, ...], device: torch.device) -> np.ndarray:
+    """Indices of the ``count`` target-class images of ``pool`` whose clean features lie nearest (cosine) the
+    class's mean feature: references a downstream classifier is likely to put in the target class."""
+    members = np.flatnonzero(pool.labels == target)
+    if len(members) < count:
+        raise BenchError(f"{len(members)} images of target class {target}, {count} reference(s) needed: raise the "
+                         "shadow fraction or give a reference file")
+    feats = embed(encoder, pool.images[members], mean, std, device)
+    closeness = feats @ F.normalize(feats.mean(0), dim=0)
+    return np.sort(members[torch.argsort(closeness, descending=True)[:count].cpu().numpy()])
+
+
 def shadow_indices(n_train: int, fraction: float, count: int, seed: int) -> np.ndarray:
     """The training-split images the attacker holds: ``count`` of them if given, else ``fraction``; seeded."""
     n = count if count > 0 else int(round(fraction * n_train))
