@@ -8,6 +8,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
 from rich.markup import escape
 from rich.table import Table
 
@@ -120,6 +121,22 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--output", type=Path, help="HTML file (default: RUN_DIR/report.html)")
 
     sub.add_parser("list", help="list every registered attack, defense, dataset, SSL method and backbone")
+
+    scan = sub.add_parser("scan", help="is this encoder backdoored? encoder-level detectors (and repairers) on a "
+                          "checkpoint, without a grid")
+    scan.add_argument("--checkpoint", required=True, help="backbone state dict (.safetensors or weights-only .pt)")
+    scan.add_argument("--defense", required=True, help="detectors and repairers, comma-separated, e.g. "
+                      "decree,sslcleanse or decree,distill")
+    scan.add_argument("--preset", default="smoke", help="the recipe the checkpoint was trained with (backbone, "
+                      f"normalisation) and the defenses' options: {', '.join(PRESETS)} or a .toml file")
+    for option in ("dataset", "data-path", "ssl", "backbone", "device"):
+        scan.add_argument(f"--{option}", help=f"as for bench run --{option}: the defender's clean images "
+                          "and the architecture")
+    scan.add_argument("--seed", type=int, default=0, help="the defenses' seed (default 0)")
+    scan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for bench run --set")
+    scan.add_argument("--out", default="runs", help="root folder for the scan folder and the stage cache")
+    scan.set_defaults(attack=None, targets=None, seeds=None, rates=None, reference=None, removal_control=None,
+                      download=False, downstream=None, epochs=0, trigger=None, trigger_size=None, trigger_dir=None)
 
     doctor = sub.add_parser("doctor", help="what this machine can run, and how long a preset's grid would take here")
     doctor.add_argument("--preset", default="smoke", help=f"{', '.join(PRESETS)} or a .toml file (default: smoke)")
@@ -287,6 +304,36 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scan(args: argparse.Namespace) -> int:
+    from benchsuite.engine.scan import scan
+
+    names = _csv(args.defense)
+    args.defense = None  # the grid's defenses stay the preset's: a scan does not run them
+    args.set = [*args.set, "train.epochs=0"]  # last: the checkpoint is scanned as it is, whatever the preset trains
+    config = _config_from_args(args)
+    _check_folder(Path(args.out), "--out")
+    findings, folder = scan(config, get_registry(), Path(args.out), Path(args.checkpoint), names, args.seed)
+    table = Table(title=escape(f"bench scan {args.checkpoint}"), title_justify="left")
+    for column in ("defense", "verdict", "score", "threshold", "output"):
+        table.add_column(column)
+    for f in findings:
+        verdict = "-" if f.trojaned is None else ("abstained" if not np.isfinite(f.score) else
+                                                   ("TROJANED" if f.trojaned else "clean"))
+        score = "" if not np.isfinite(f.score) else f"{f.score_name} {f.score:.4g}"
+        threshold = "" if not np.isfinite(f.threshold) else f"{f.threshold:.4g}"
+        output = f.repaired or ", ".join(f.pictures) or f.note
+        table.add_row(f.defense, verdict, score, threshold, escape(output))
+    from rich.console import Console
+
+    out = Console(width=max(console.width, 120))  # stdout, as the tables of bench run
+    out.print(table)
+    for f in findings:
+        if f.note and f.trojaned is not None:
+            out.print(f"{f.defense}: {escape(f.note)}", highlight=False)
+    console.log(f"scan: {folder / 'scan.json'}")
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     if args.gpu_check:
         from benchsuite.tools.gpu_check import gpu_check
@@ -332,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()
     args = parser().parse_args(argv)
     handlers = {"run": cmd_run, "table": cmd_table, "list": cmd_list, "publish": cmd_publish, "report": cmd_report,
-                "doctor": cmd_doctor}
+                "doctor": cmd_doctor, "scan": cmd_scan}
     try:
         return handlers[args.command](args)
     except BenchError as err:
