@@ -36,9 +36,17 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _nonempty(text: str, what: str, noun: str) -> list[str]:
+    """The comma-separated items of ``--what``, refused when there are none (``--seeds ""``)."""
+    items = _csv(text)
+    if not items:
+        raise BenchError(f"--{what} {text!r} names no {noun}: give at least one, or leave the option out")
+    return items
+
+
 def _ints(text: str, what: str) -> list[int]:
     try:
-        return [int(t) for t in _csv(text)]
+        return [int(t) for t in _nonempty(text, what, what.rstrip("s"))]
     except ValueError:
         raise BenchError(f"--{what} {text!r} must be comma-separated integers, e.g. 0,1,2") from None
 
@@ -53,7 +61,7 @@ def _targets(text: str) -> list[list[int]]:
 
 def _rates(text: str) -> list[float]:
     try:
-        return [float(t) for t in _csv(text)]
+        return [float(t) for t in _nonempty(text, "rates", "rate")]
     except ValueError:
         raise BenchError(f"--rates {text!r} must be comma-separated fractions, e.g. 0.5,1.0") from None
 
@@ -196,9 +204,9 @@ def _config_from_args(args: argparse.Namespace):
         grid["defenses"] = _csv(args.defense)
     if args.targets:
         grid["targets"] = _targets(args.targets)
-    if args.seeds:
+    if args.seeds is not None:
         grid["seeds"] = _ints(args.seeds, "seeds")
-    if args.rates:
+    if args.rates is not None:
         grid["rates"] = _rates(args.rates)
     if args.reference is not None:
         grid["reference"] = args.reference

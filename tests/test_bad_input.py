@@ -209,6 +209,8 @@ CASES = [
      r"--output .*notafolder is a folder: name the HTML file"),
     ("device-unknown", "run", ["--device", "foo"], r"device 'foo': use auto, cpu, cuda"),
     ("seeds-negative", "run", ["--seeds=-1"], r"grid.seeds .*-1.* must be >= 0"),
+    ("seeds-empty-string", "run", ["--seeds", ""], r"--seeds '' names no seed"),
+    ("rates-empty-string", "run", ["--rates", ""], r"--rates '' names no rate"),
     ("out-is-file", "run", ["--out", "{d}/afile"], r"--out .*afile is a file"),
     ("checkpoint-pickled", "run", ["--checkpoint", "{d}/pickled.pt"],
      r"holds pickled objects, not only tensors: save model.state_dict\(\)"),
