@@ -36,6 +36,8 @@ def test_badencoder_runs_through_the_grid(tmp_path, capsys, monkeypatch):
     assert set(rows) == {"none", "patchsearch", "icutmix", "distill", "clean-model"}
     for defense in ("patchsearch", "icutmix"):
         assert isinstance(rows[defense].not_applicable, str) and pd.isna(rows[defense].clean_acc)
+    for defense in ("none", "clean-model"):  # the random-trigger control beside each ASR
+        assert 0 <= rows[defense].control_badencoder_asr <= 100 and np.isfinite(rows[defense].control_asr)
     cache = tmp_path / "runs" / "cache"
     backdoors = [p.parent.name for p in cache.glob("backdoor/*/DONE")]
     pretrains = [p.parent.name for p in cache.glob("pretrain/*/DONE")]

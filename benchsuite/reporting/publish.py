@@ -43,8 +43,9 @@ METRIC_SETS = {
                         "clean_pl1", "detector_threshold", *JUDGED, *(f"clean_{m}" for m in JUDGED), "mitigate_s"],
     "cost": COST_COLUMNS,
     # model attacks in BadEncoder's terms: its ASR (target class included), the downstream task, the fine-tune
-    "badencoder": ["downstream", "badencoder_asr", "attack_effectiveness_cos", "attack_reference_cos",
-                   "attack_utility_cos", "attack_triggered_self_cos", "attack_clean_self_cos", "attack_warnings"],
+    "badencoder": ["downstream", "badencoder_asr", "control_badencoder_asr", "attack_effectiveness_cos",
+                   "attack_reference_cos", "attack_utility_cos", "attack_triggered_self_cos", "attack_clean_self_cos",
+                   "attack_warnings"],
 }
 COLUMNS = PROVENANCE + IDENTITY + [m for metrics in METRIC_SETS.values() for m in metrics]
 KEY = ["config_hash", *IDENTITY]

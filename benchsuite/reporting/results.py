@@ -17,7 +17,7 @@ RESULTS_FILE = "results.csv"
 COLUMNS = [
     "dataset", "downstream", "preset", "attack", "threat", "targets", "target", "rate", "seed", "defense",
     "clean_acc", "clean_asr", "clean_fp", "patched_acc", "patched_asr", "patched_fp", "badencoder_asr",
-    "patched_confusion",
+    "control_asr", "control_badencoder_asr", "patched_confusion",
     "n_train", "n_poison", "removed", "recall", "control_flag_rate", "precision", "n_scored", "trigger_found",
     "best_flip_share",
     "top5_acc", "top10_acc", "top20_acc", "top50_acc", "top100_acc", "top500_acc",

@@ -343,13 +343,15 @@ def badencoder_frame(results: pd.DataFrame) -> pd.DataFrame | None:
                           ("", "Defense"): display_name(defense)}
                 if len(attacked) and _not_applicable(attacked).all():
                     record.update({("BadEncoder", k): "n/a" for k in ("CA", "BA", "ASR", "ASR-B")})
-                    record[("Ours", "ASR w/o target")] = "n/a"
+                    record[("Ours", "ASR w/o target")] = record[("Ours", "random-trigger ASR")] = "n/a"
                 else:
                     record.update({("BadEncoder", "CA"): _over_seeds(clean, "clean_acc"),
                                    ("BadEncoder", "BA"): _over_seeds(attacked, "clean_acc"),
                                    ("BadEncoder", "ASR"): _over_seeds(attacked, "badencoder_asr"),
                                    ("BadEncoder", "ASR-B"): _over_seeds(clean, "badencoder_asr"),
-                                   ("Ours", "ASR w/o target"): _over_seeds(attacked, "patched_asr")})
+                                   ("Ours", "ASR w/o target"): _over_seeds(attacked, "patched_asr"),
+                                   # an unrelated pattern at the trigger's place: the share a patch alone gets
+                                   ("Ours", "random-trigger ASR"): _over_seeds(attacked, "control_badencoder_asr")})
                 records.append(record)
     return _frame(records) if records else None
 
