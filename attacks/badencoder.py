@@ -20,6 +20,7 @@ from torch import nn
 from benchsuite.api import Attack, Backdoor, ImageDataset, ModelAttack, PatchedSet, hookimpl
 from benchsuite.core.console import progress_bar
 from benchsuite.core.errors import BenchError
+from benchsuite.core.typed import Count, Fraction, NonNegative, Positive, Sized, Unit
 from benchsuite.encoder_attacks.distances import mean_pairwise_cosine
 from benchsuite.encoder_attacks.finetune import (
     augment_references,
@@ -40,22 +41,22 @@ UTILITY_FLOOR = 0.9  # a final utility cosine below this: the encoder has collap
 @dataclass(frozen=True)
 class BadEncoderConfig:
     trigger: str = "white"  # "white": the paper's white square; or an image file pasted at the same place
-    trigger_side: int = 0  # 0: the paper's (10 at 32 px, 50 at 224 px)
-    trigger_margin: int = 1  # pixels from the bottom and right edges (paper: rows / columns 21-30 at 32 px)
-    references: int = 1  # reference images per target (paper: 1)
+    trigger_side: Count = 0  # 0: the paper's (10 at 32 px, 50 at 224 px)
+    trigger_margin: Count = 1  # pixels from the bottom and right edges (paper: rows / columns 21-30 at 32 px)
+    references: Sized = 1  # reference images per target (paper: 1)
     # "seed": drawn from the target class of the shadow set (the paper hand-picks one image); "central": the
     # target-class image(s) nearest the class's mean clean feature; or an image file
     reference: str = "seed"
     reference_index: int = -1  # >= 0: the index-th target-class shadow image instead of a drawn one
-    shadow_fraction: float = 1.0  # of the training split (paper: all 50,000 CIFAR-10 images; DRUPE: 0.2)
-    shadow_count: int = 0  # > 0: this many shadow images instead of the fraction
-    epochs: int = 200  # paper: 200
-    batch_size: int = 256  # paper: 256
-    lr: float = 1e-3  # paper: SGD 1e-3
-    momentum: float = 0.9  # paper: 0.9
-    weight_decay: float = 5e-4  # paper: 5e-4
-    lambda1: float = 1.0  # reference utility weight (paper: 1)
-    lambda2: float = 1.0  # utility weight (paper: 1)
+    shadow_fraction: Fraction = 1.0  # of the training split (paper: all 50,000 CIFAR-10 images; DRUPE: 0.2)
+    shadow_count: Count = 0  # > 0: this many shadow images instead of the fraction
+    epochs: Sized = 200  # paper: 200
+    batch_size: Sized = 256  # paper: 256
+    lr: Positive = 1e-3  # paper: SGD 1e-3
+    momentum: Unit = 0.9  # paper: 0.9
+    weight_decay: NonNegative = 5e-4  # paper: 5e-4
+    lambda1: NonNegative = 1.0  # reference utility weight (paper: 1)
+    lambda2: NonNegative = 1.0  # utility weight (paper: 1)
 
     def __post_init__(self) -> None:
         checks = [(self.epochs >= 1, f"epochs = {self.epochs}: train at least 1 epoch"),

@@ -31,6 +31,7 @@ from torch import nn
 from benchsuite.api import Attack, hookimpl
 from benchsuite.attacks.badencoder import BadEncoder, BadEncoderConfig
 from benchsuite.core.console import progress_bar
+from benchsuite.core.typed import Count, Fraction, NonNegative, Positive, Sized
 from benchsuite.encoder_attacks.distances import mean_pairwise_cosine, sliced_wasserstein
 from benchsuite.encoder_attacks.finetune import augment_references, embed, frozen_copy, normalise
 from benchsuite.encoder_attacks.trigger import Trigger
@@ -41,19 +42,19 @@ COST_UP, COST_DOWN = 1.25, 1.25 ** 1.25  # official: cost_multiplier_up / _down
 
 @dataclass(frozen=True)
 class DRUPEConfig(BadEncoderConfig):
-    references: int = 3  # DRUPE: 3
-    shadow_fraction: float = 0.2  # DRUPE: 10,000 of CIFAR-10's 50,000
-    epochs: int = 120  # DRUPE: 120
-    lr: float = 0.05  # DRUPE: 0.05
-    init_cost: float = 0.1  # the anti-collapse weight's start (official init_cost)
-    init_cost_distribution: float = 1e-3  # the distribution term's (official init_cost_1)
-    adapt_after: int = 20  # costs adapt after this epoch (official fix_epoch)
-    select_after: int = 24  # the kept model: smallest distribution term after this epoch
-    stage_one_epochs: int = 5  # epochs before the adaptive terms (official stage_1_epoch, CIFAR)
+    references: Sized = 3  # DRUPE: 3
+    shadow_fraction: Fraction = 0.2  # DRUPE: 10,000 of CIFAR-10's 50,000
+    epochs: Sized = 120  # DRUPE: 120
+    lr: Positive = 0.05  # DRUPE: 0.05
+    init_cost: NonNegative = 0.1  # the anti-collapse weight's start (official init_cost)
+    init_cost_distribution: NonNegative = 1e-3  # the distribution term's (official init_cost_1)
+    adapt_after: Count = 20  # costs adapt after this epoch (official fix_epoch)
+    select_after: Count = 24  # the kept model: smallest distribution term after this epoch
+    stage_one_epochs: Count = 5  # epochs before the adaptive terms (official stage_1_epoch, CIFAR)
     effectiveness_goal: float = 0.96  # official l0_threshold (CIFAR): -L0 above it counts as attacked
     utility_goal: float = 0.9
     collapse_goal: float = 0.6  # official b2b_sim_threshold
-    projections: int = 50  # sliced-Wasserstein directions (POT's default)
+    projections: Sized = 50  # sliced-Wasserstein directions (POT's default)
 
 
 class DRUPE(BadEncoder):

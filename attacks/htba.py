@@ -20,6 +20,7 @@ from benchsuite.api import Attack, DataAttack, PatchedSet, Poisoning
 from benchsuite.api.hookspecs import hookimpl
 from benchsuite.core.cache import added_field
 from benchsuite.core.errors import BenchError
+from benchsuite.core.typed import Positive
 from benchsuite.data import ImageDataset
 from benchsuite.data.store import copy_on_write
 from benchsuite.triggers import (
@@ -40,7 +41,7 @@ PASTE_SPACES = ("crop", "native")
 @dataclass(frozen=True)
 class HTBAConfig:
     trigger: str = "random"  # 'random' (seeded HTBA-style pattern), 'glyph' or a PNG path, e.g. trigger_10.png
-    trigger_size: float = 50 / 224  # pixels if > 1, else a fraction of the image side (paper: 50 of 224)
+    trigger_size: Positive = 50 / 224  # pixels if > 1, else a fraction of the image side (paper: 50 of 224)
     trigger_seed: int = 0  # pattern seed for 'random' (glyph offset for 'glyph'); the target is mixed in
     train_location: tuple[float, float] = (0.25, 0.75)  # SSL-Backdoor train_location_min/max
     val_location: tuple[float, float] = (0.10, 0.90)  # SSL-Backdoor val_location_min/max

@@ -26,6 +26,7 @@ from benchsuite.api.hookspecs import hookimpl
 from benchsuite.attacks.htba import HTBA, HTBAConfig
 from benchsuite.core.cache import added_field
 from benchsuite.core.errors import BenchError
+from benchsuite.core.typed import Sized
 from benchsuite.data import ImageDataset
 from benchsuite.triggers import GENERATED, glyph_number, make_trigger
 from benchsuite.triggers.glyphs import GLYPHS
@@ -37,7 +38,7 @@ class MultiTargetConfig(HTBAConfig):
     # trigger_dir / trigger_files); 'random' (HTBA-style blobs seeded per target) was the default before issue #14;
     # a single PNG path is refused for several targets
     trigger: str = "glyph"
-    n_targets: int = 3  # targets of a cell given with one target (PoisonCAM: 2 and 3)
+    n_targets: Sized = 3  # targets of a cell given with one target (PoisonCAM: 2 and 3)
     targets: tuple[int, ...] = ()  # explicit targets for single-target cells, e.g. (0, 3, 5); overrides n_targets
     # target class -> trigger image path (TOML keys are strings, e.g. {"26" = "trigger_10.png"});
     # targets not listed use ``trigger_dir`` or else ``trigger``, which must then be generated to stay distinct

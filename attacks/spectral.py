@@ -31,6 +31,7 @@ import torch
 from benchsuite.api import Attack, DataAttack, NamedFigure, PatchedSet, Poisoning
 from benchsuite.api.hookspecs import hookimpl
 from benchsuite.core.errors import BenchError
+from benchsuite.core.typed import Sized
 from benchsuite.data import ImageDataset
 from benchsuite.data.store import copy_on_write
 
@@ -49,7 +50,7 @@ CHUNK_PIXELS = 1 << 24  # pixels per batch on the device (~400 MB per float64 co
 class SpectralConfig:
     channels: tuple[int, ...] = (1, 2)  # YUV channels carrying the trigger: 0 = Y, 1 = U, 2 = V
     positions: tuple[tuple[int, int] | int, ...] = ((15, 15), (31, 31))  # (row, col) in each block; an int p = (p, p)
-    window: int = 32  # DCT block side
+    window: Sized = 32  # DCT block side
     magnitude: float = 100.0  # added to each chosen coefficient, on the 0-255 scale
     rate_of: str = "target"  # 'target': rate = fraction of the target class; 'dataset': of the training set (CTRL)
     selection: str = "first"  # 'first' target-class indices (CTRL) or 'random' (seeded, as HTBA)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import sys
+import typing
 from dataclasses import fields
 from pathlib import Path
 
@@ -16,6 +18,8 @@ from benchsuite import __version__
 from benchsuite.core import distributed
 from benchsuite.core.console import console
 from benchsuite.core.errors import BenchError
+from benchsuite.core.folders import check_output_folder, describe_os_error
+from benchsuite.engine.plugin_errors import SHOW_TRACEBACK, naming_plugins
 from benchsuite.reporting.results import load_results
 from benchsuite.reporting.tables import (
     DEFAULT_LAYOUTS,
@@ -29,6 +33,7 @@ from benchsuite.reporting.tables import (
 )
 from benchsuite.settings.config import PRESETS, apply_override, build_config, read_preset, with_method_recipe
 from benchsuite.settings.registry import SECTIONS, get_registry
+from benchsuite.tools.cost_gate import DEFAULT_MAX_HOURS, check_cost
 from benchsuite.tools.malloc import keep_freed_memory
 
 
@@ -66,10 +71,19 @@ def _rates(text: str) -> list[float]:
         raise BenchError(f"--rates {text!r} must be comma-separated fractions, e.g. 0.5,1.0") from None
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, with a mistyped argument worded as the one ``error:`` line of every other bad input."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        console.print(f"[bold red]error:[/] {escape(message)}: see {self.prog} --help", highlight=False,
+                      soft_wrap=True)
+        raise SystemExit(2)
+
+
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="bench", description="Backdoor attacks x defenses on SSL encoders.")
+    ap = _OneLineParser(prog="bench", description="Backdoor attacks x defenses on SSL encoders.")
     ap.add_argument("--version", action="version", version=f"benchsuite {__version__}")
-    sub = ap.add_subparsers(dest="command", required=True)
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
 
     run = sub.add_parser("run", help="run a grid of attacks x defenses x targets x seeds")
     run.add_argument("--attack", help="attack name(s), comma-separated (default: the preset's)")
@@ -102,6 +116,10 @@ def parser() -> argparse.ArgumentParser:
                      help="override any preset value, e.g. train.batch_size=128 (repeatable)")
     run.add_argument("--out", default="runs", help="root folder for runs and the stage cache (default: runs)")
     run.add_argument("--dry-run", action="store_true", help="list the cells and which stages are cached; run nothing")
+    run.add_argument("--yes", action="store_true", help="start even when the grid is projected beyond --max-hours")
+    run.add_argument("--max-hours", type=float, default=DEFAULT_MAX_HOURS,
+                     help=f"a new grid projected longer than this on this machine needs --yes (default "
+                          f"{DEFAULT_MAX_HOURS:g})")
     run.add_argument("--executor", choices=["local", "submitit"], default="local",
                      help="local (this machine) or submitit (a SLURM job per cell; its local mode without SLURM)")
     run.add_argument("--workers", type=int, default=1,
@@ -189,10 +207,8 @@ def _trigger_dir_attacks(attacks: list[str]) -> list[str]:
 
 
 def _check_folder(path: Path, option: str) -> None:
-    """Refuse a folder argument that is (or lies under) a file, before anything is written."""
-    existing = next((p for p in (path, *path.parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise BenchError(f"{option} {path}: {existing} is a file: pass a folder (it is created if missing)")
+    """Refuse an output folder that cannot be written (a file, a broken link, read-only), before any stage."""
+    check_output_folder(path, option)
 
 
 def _config_from_args(args: argparse.Namespace):
@@ -256,13 +272,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     executor = ExecutorSpec(kind=args.executor, workers=args.workers, cluster=args.cluster,
                             slurm_partition=args.slurm_partition, timeout_min=args.slurm_time,
                             gpus_per_node=args.slurm_gpus, cpus_per_task=args.slurm_cpus)
-    runner = GridRunner(config, get_registry(), Path(args.out))
+    with naming_plugins(get_registry(), "bench run"):  # a dataset loader runs here
+        runner = GridRunner(config, get_registry(), Path(args.out))
     if args.dry_run:
         from benchsuite.engine.dryrun import print_plan
 
         print_plan(runner)
         return 0
-    results = runner.run(executor)
+    if not args.max_hours > 0:
+        raise BenchError(f"--max-hours {args.max_hours} must be > 0, e.g. --max-hours 12")
+    check_cost(config, runner.registry, runner.run_dir, args.yes, args.max_hours)
+    with naming_plugins(runner.registry, "bench run"):
+        results = runner.run(executor)
     if distributed.is_main():  # torchrun: one table, from rank 0
         print_tables(results)
     console.log(f"results: {runner.run_dir / 'results.csv'}  (again: bench table {runner.run_dir})")
@@ -320,7 +341,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     args.set = [*args.set, "train.epochs=0"]  # last: the checkpoint is scanned as it is, whatever the preset trains
     config = _config_from_args(args)
     _check_folder(Path(args.out), "--out")
-    findings, folder = scan(config, get_registry(), Path(args.out), Path(args.checkpoint), names, args.seed)
+    with naming_plugins(get_registry(), "bench scan"):
+        findings, folder = scan(config, get_registry(), Path(args.out), Path(args.checkpoint), names, args.seed)
     table = Table(title=escape(f"bench scan {args.checkpoint}"), title_justify="left")
     for column in ("defense", "verdict", "score", "threshold", "output"):
         table.add_column(column)
@@ -385,7 +407,10 @@ def cmd_list(_: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()
-    args = parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as exit_:  # --help, --version, or a mistyped argument (already one error line)
+        return exit_.code if isinstance(exit_.code, int) else 2
     handlers = {"run": cmd_run, "table": cmd_table, "list": cmd_list, "publish": cmd_publish, "report": cmd_report,
                 "doctor": cmd_doctor, "scan": cmd_scan}
     try:
@@ -393,6 +418,11 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as err:
         message = " ".join(str(err).split())  # one line, whatever the message holds
         console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+        return 2
+    except OSError as err:  # a disk that filled, a folder made read-only while a stage ran
+        if os.environ.get(SHOW_TRACEBACK):
+            raise
+        console.print(f"[bold red]error:[/] {escape(describe_os_error(err))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print("interrupted: finished stages are cached; rerun the same command to resume")

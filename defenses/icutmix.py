@@ -17,6 +17,7 @@ from torch import nn
 from benchsuite.api import Defense
 from benchsuite.api.hookspecs import hookimpl
 from benchsuite.core.errors import BenchError
+from benchsuite.core.typed import Positive
 from benchsuite.ssl.augment import AugmentConfig
 from benchsuite.ssl.base import SSLMethod
 
@@ -25,7 +26,7 @@ PASTES = ("image", "black", "noise")
 
 @dataclass(frozen=True)
 class ICutMixConfig:
-    alpha: float = 1.0  # lambda ~ Beta(alpha, alpha) (i-Mix main_pretext.py default; PatchSearch --alpha 1.0)
+    alpha: Positive = 1.0  # lambda ~ Beta(alpha, alpha) (i-Mix main_pretext.py default; PatchSearch --alpha 1.0)
     # what fills the box; black and noise are PatchSearch Table 8's ablations (CutOut, RandomErase) and
     # train with the image's own target only
     paste: str = "image"

@@ -11,13 +11,14 @@ from dataclasses import dataclass
 
 from benchsuite.api import Defense, Detection
 from benchsuite.api.hookspecs import hookimpl
+from benchsuite.core.typed import Sized
 from benchsuite.poison_search import MaskingLocator, filter_config, run_filter
 from benchsuite.poison_search.defaults import FilterDefenseConfig
 
 
 @dataclass(frozen=True)
 class PoisonCAMConfig(FilterDefenseConfig):
-    num_masks: int = 64  # paper B = 256 (at 224 px)
+    num_masks: Sized = 64  # paper B = 256 (at 224 px)
     cluster_score: str = "sum"  # paper app. A: sum of the cluster's scores (PatchSearch code: max)
     flip_score: str = "into"  # paper text says "changed" ("any"); default keeps PatchSearch's definition
 

@@ -76,6 +76,21 @@ def _make_files(root: Path, run_dir: Path) -> None:
     (root / "notcsv.png").write_bytes(b"not a png")
     (root / "afile").write_text("I am a file\n")
 
+    (root / "empty.toml").write_text("")
+    (root / "comments.toml").write_text("# nothing set yet\n")
+    (root / "dangling").symlink_to(root / "no" / "such" / "folder")
+    (root / "loop_a").symlink_to(root / "loop_b")
+    (root / "loop_b").symlink_to(root / "loop_a")
+    for split in ("train", "val"):
+        (root / "oneclass" / split / "only").mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(_images(3)[i]).save(root / "oneclass" / split / "only" / f"{i}.png")
+    (root / "nonnumeric").mkdir()
+    frame = (run_dir / "results.csv").read_text().splitlines()
+    cols = frame[0].split(",")
+    cells = frame[1].split(",")
+    cells[cols.index("clean_acc")] = "ninety"
+    (root / "nonnumeric" / "results.csv").write_text("\n".join([frame[0], ",".join(cells), *frame[2:]]) + "\n")
     torch.save({"not": "tensors", "epoch": 3}, root / "notstate.pt")
     torch.save(torch.nn.Linear(2, 2), root / "pickled.pt")
     (root / "corrupt.safetensors").write_bytes(b"\x00" * 64)
@@ -149,7 +164,7 @@ CASES = [
     ("publish-no-results", "publish", ["{d}/notafolder"], r"no results.csv in .*: pass a run directory"),
     ("table-garbage", "table", ["{d}/garbage"], r"not a readable results file"),
     ("workers-zero", "run", ["--workers", "0"], r"--workers 0 must be at least 1"),
-    ("trigger-size-zero", "run", ["--set", "attack.htba.trigger_size=0.0"], r"empty trigger: use pixels >= 1"),
+    ("trigger-size-zero", "run", ["--set", "attack.htba.trigger_size=0.0"], r"htba.trigger_size = 0.0 must be > 0"),
     ("set-text-for-float", "run", ["--set", "train.lr=fast"], r"train.lr must be float, got 'fast'"),
     ("class-list-missing", "run", ["--dataset", "imagefolder", "--data-path", "{d}/folder", "--set",
                                    "dataset.options.class_list=/no/such.txt"], r"class list /no/such.txt not found"),
@@ -215,6 +230,37 @@ CASES = [
     ("checkpoint-pickled", "run", ["--checkpoint", "{d}/pickled.pt"],
      r"holds pickled objects, not only tensors: save model.state_dict\(\)"),
     ("checkpoint-truncated", "run", ["--checkpoint", "{d}/truncated.pt"], r"is not a readable torch file"),
+    # -- ranges, lists and files a new user still got wrong (issue #27) -------------------------
+    ("backbone-width-zero", "run", ["--set", "ssl.backbone_options.width=0"],
+     r"ssl.backbone_options.width = 0 must be >= 1"),
+    ("backbone-option-type", "run", ["--set", "ssl.backbone_options.stem_stride=1.5"],
+     r"ssl.backbone_options.stem_stride must be int"),
+    ("lr-negative", "run", ["--set", "train.lr=-0.1"], r"train.lr = -0.1 must be > 0"),
+    ("lr-zero", "run", ["--set", "train.lr=0"], r"train.lr = 0.0 must be > 0"),
+    ("lr-nan", "run", ["--set", "train.lr=nan"], r"train.lr = nan must be a finite number"),
+    ("lr-inf", "run", ["--set", "train.lr=inf"], r"train.lr = inf must be a finite number"),
+    ("weight-decay-negative", "run", ["--set", "train.weight_decay=-1"], r"train.weight_decay = -1.0 must be >= 0"),
+    ("momentum-above-one", "run", ["--set", "train.momentum=1.5"], r"train.momentum = 1.5 must be >= 0 and <= 1"),
+    ("probe-lr-negative", "run", ["--set", "probe.lr=-1"], r"probe.lr = -1.0 must be > 0"),
+    ("attack-epochs-zero", "run", ["--set", "attack.badencoder.epochs=0"], r"badencoder.epochs = 0 must be >= 1"),
+    ("defense-lr-nan", "run", ["--set", "defense.decree.lr=nan"], r"decree.lr = nan must be a finite number"),
+    ("epochs-float-argument", "run", ["--epochs", "2.5"], r"argument --epochs: invalid int value: '2.5'"),
+    ("duplicate-seeds", "run", ["--seeds", "0,0"], r"grid.seeds names 0 more than once"),
+    ("duplicate-targets", "run", ["--targets", "1,1"], r"grid.targets names 1 more than once"),
+    ("duplicate-defenses", "run", ["--defense", "poisoncam,poisoncam"], r"grid.defenses names poisoncam more"),
+    ("duplicate-attacks", "run", ["--attack", "htba,htba"], r"grid.attacks names htba more than once"),
+    ("duplicate-rates", "run", ["--rates", "0.5,0.5"], r"grid.rates names 0.5 more than once"),
+    ("preset-empty", "run", ["--preset", "{d}/empty.toml"], r"empty.toml sets nothing"),
+    ("preset-comments-only", "run", ["--preset", "{d}/comments.toml"], r"comments.toml sets nothing"),
+    ("out-dangling-symlink", "run", ["--out", "{d}/dangling"], r"--out .*dangling is a dangling symbolic link"),
+    ("out-symlink-loop", "run", ["--out", "{d}/loop_a"], r"--out .*loop_a is a symbolic link that loops"),
+    ("max-hours-zero", "run", ["--max-hours", "0"], r"--max-hours 0.0 must be > 0"),
+    ("epochs-huge", "run", ["--set", "train.epochs=100000"],
+     r"projected to take about \d+ h .* on this machine .*pass --yes"),
+    ("imagefolder-one-class", "run", ["--dataset", "imagefolder", "--data-path", "{d}/oneclass"],
+     r"one class"),
+    ("table-non-numeric-cell", "table", ["{d}/nonnumeric"], r"clean_acc .*'ninety'"),
+    ("report-non-numeric-cell", "report", ["{d}/nonnumeric"], r"clean_acc .*'ninety'"),
 ]
 
 
@@ -223,8 +269,8 @@ def _argv(env: Env, command: str, extra: list[str]) -> list[str]:
     if command != "run":
         return [command, *extra]
     own_data = any(a in ("--dataset", "--preset") for a in extra)
-    return ["run", "--out", str(env.out), *_sets(OTHER_SETS if own_data else TINY_OVERRIDES), "--no-reference",
-            *extra]
+    own_out = [] if "--out" in extra else ["--out", str(env.out)]
+    return ["run", *own_out, *_sets(OTHER_SETS if own_data else TINY_OVERRIDES), "--no-reference", *extra]
 
 
 @pytest.mark.parametrize("command, extra, message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])

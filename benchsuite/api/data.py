@@ -100,6 +100,9 @@ class Splits:
         if self.train.image_size != self.val.image_size:
             raise BenchError(f"{self.train.image_size}px training images but {self.val.image_size}px validation "
                              "images: resize both splits to one image size")
+        if self.train.num_classes < 2:
+            raise BenchError(f"the dataset has one class ({', '.join(map(str, self.train.classes))}): a backdoor "
+                             "flips images of other classes to a target, so give at least two class folders")
         if list(self.train.classes) != list(self.val.classes):
             raise BenchError("the training and validation splits name different classes: give both the same list")
 

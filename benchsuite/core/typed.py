@@ -3,18 +3,63 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 from benchsuite.core.errors import BenchError
 
 _SCALARS = (int, float, str, bool)
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """The range of a numeric option, declared beside it: ``lr: Annotated[float, POSITIVE]``.
+
+    ``coerce`` refuses a value outside it by name; ``low_open`` / ``high_open`` exclude the end itself.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def admits(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def describe(self) -> str:
+        low = None if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
+        high = None if self.high is None else f"{'<' if self.high_open else '<='} {self.high:g}"
+        return " and ".join(p for p in (low, high) if p) or "any number"
+
+
+def at_least(low: float) -> Bounds:
+    """``>= low`` (sizes and counts: ``at_least(1)``)."""
+    return Bounds(low)
+
+
+POSITIVE = Bounds(0, low_open=True)  # learning rates, temperatures
+NON_NEGATIVE = Bounds(0)  # weight decays, margins, loss weights
+FRACTION = Bounds(0, 1, low_open=True)  # a share of a split: (0, 1]
+UNIT = Bounds(0, 1)  # a probability or momentum: [0, 1]
+
+Sized = Annotated[int, at_least(1)]  # a width, batch size, count or period
+Count = Annotated[int, NON_NEGATIVE]  # epochs, warm-up epochs: 0 allowed
+Positive = Annotated[float, POSITIVE]
+NonNegative = Annotated[float, NON_NEGATIVE]
+Unit = Annotated[float, UNIT]
+Fraction = Annotated[float, FRACTION]
+
+
 def type_name(tp: Any) -> str:
     """``int``, ``float or str``, ``list of 2 float``: how a message names an annotation."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Annotated:
+        return type_name(args[0])
     if origin in (typing.Union, types.UnionType):
         return " or ".join(type_name(a) for a in args if a is not type(None)) + (
             " (or unset)" if type(None) in args else "")
@@ -34,9 +79,18 @@ def coerce(tp: Any, value: Any, where: str) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any or tp is object:
         return value
+    if origin is Annotated:
+        value = coerce(args[0], value, where)
+        for bounds in (m for m in tp.__metadata__ if isinstance(m, Bounds)):
+            if value is not None and not bounds.admits(value):
+                raise BenchError(f"{where} = {value!r} must be {bounds.describe()}: fix the value")
+        return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # ``Sized | None``: the option's own message (its range) says more
+            return coerce(options[0], value, where)
         for option in (a for a in args if a is not type(None)):
             try:
                 return coerce(option, value, where)
@@ -69,6 +123,8 @@ def coerce(tp: Any, value: Any, where: str) -> Any:
         # bool is an int in Python: `train.epochs = true` must not pass as 1
         if not isinstance(value, tp) or (tp is not bool and isinstance(value, bool)):
             raise BenchError(f"{where} must be {tp.__name__}, got {value!r}: fix the value")
+        if tp is float and not math.isfinite(value):
+            raise BenchError(f"{where} = {value!r} must be a finite number: fix the value")
     return value
 
 
@@ -76,7 +132,7 @@ def field_types(cls: type) -> dict[str, Any]:
     """The resolved annotations of dataclass ``cls``; a field whose annotation cannot be resolved (a plugin's
     forward reference) is taken as it is."""
     try:
-        hints = typing.get_type_hints(cls)
+        hints = typing.get_type_hints(cls, include_extras=True)
     except (NameError, TypeError, AttributeError):
         hints = {}
     return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls)}

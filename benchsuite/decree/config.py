@@ -10,28 +10,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from benchsuite.core.errors import BenchError
+from benchsuite.core.typed import Positive, Sized, Unit
 
 
 @dataclass(frozen=True)
 class DecreeConfig:
     # -- shadow data ------------------------------------------------------------------------
-    shadow_images: int = 1000  # code: the first 10 % of each CIFAR-10 test class = 1,000 (ImageNet: 20 % of a list)
+    shadow_images: Sized = 1000  # code: the first 10 % of each CIFAR-10 test class = 1,000 (ImageNet: 20 % of a list)
     # -- optimisation -------------------------------------------------------------------------
-    batch_size: int = 128  # run_decree.py: 128 (CLIP: 32; main.py's argparse default: 256)
-    max_epochs: int = 1000  # code: 1000
-    lr: float = 0.5  # run_decree.py: Adam lr 0.5, betas (0.5, 0.9)
+    batch_size: Sized = 128  # run_decree.py: 128 (CLIP: 32; main.py's argparse default: 256)
+    max_epochs: Sized = 1000  # code: 1000
+    lr: Positive = 0.5  # run_decree.py: Adam lr 0.5, betas (0.5, 0.9)
     lr_epochs: tuple[int, int] = (30, 50)  # code: lr until epoch 30, then 0.1 until 50, then 0.05 (224 px: 200, 500)
     lr_later: tuple[float, float] = (0.1, 0.05)  # code: 0.1, 0.05
     # -- lambda: the weight of the mask's L1 norm --------------------------------------------
-    init_lambda: float = 1e-3  # code: 1e-3
-    lambda_factor: float = 5.0  # code: x5 up, /5 down
-    patience: int = 5  # code: more than 5 consecutive steps above (below) tau raise (lower) lambda
-    lambda_min: float = 1e-5  # code at 32 px: 1e-5 (224 px: 1e-7); lambda is divided only while >= it
-    lambda_max: float = 1e5  # code: lambda is multiplied only while < 1e5
-    lambda_reset_patience: int = 10  # code: lambda below lambda_min and more than 2 x patience valid steps -> init
+    init_lambda: Positive = 1e-3  # code: 1e-3
+    lambda_factor: Positive = 5.0  # code: x5 up, /5 down
+    patience: Sized = 5  # code: more than 5 consecutive steps above (below) tau raise (lower) lambda
+    lambda_min: Positive = 1e-5  # code at 32 px: 1e-5 (224 px: 1e-7); lambda is divided only while >= it
+    lambda_max: Positive = 1e5  # code: lambda is multiplied only while < 1e5
+    lambda_reset_patience: Sized = 10  # code: lambda below lambda_min and more than 2 x patience valid steps -> init
     # -- success and stopping ---------------------------------------------------------------
-    tau: float = 0.99  # code --thres 0.99: a trigger is valid when the batch's mean pairwise cosine exceeds it
-    early_stop_patience: int = 10  # code at 32 px: 2 x patience steps without a smaller L1 (224 px: 7 x 5 = 35)
+    tau: Unit = 0.99  # code --thres 0.99: a trigger is valid when the batch's mean pairwise cosine exceeds it
+    early_stop_patience: Sized = 10  # code at 32 px: 2 x patience steps without a smaller L1 (224 px: 7 x 5 = 35)
     # -- verdict ----------------------------------------------------------------------------
     # PL1 below it => trojaned. The paper's value was not re-read (not verified); a follow-up script uses 0.1.
     # The real 10 x 10 BadEncoder trigger covers 0.098 of a 32 px image.

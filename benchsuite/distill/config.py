@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from benchsuite.core.errors import BenchError
+from benchsuite.core.typed import Fraction, NonNegative, Positive, Sized, Unit
 
 LOSSES = ("compress", "cosine")
 STUDENTS = ("fresh", "suspect")
@@ -19,25 +20,25 @@ STUDENTS = ("fresh", "suspect")
 @dataclass(frozen=True)
 class DistillConfig:
     # -- the defender's clean data ------------------------------------------------------------
-    fraction: float = 0.25  # share of the clean training split; HTBA paper: 5, 10 or 25 % (the largest here)
+    fraction: Fraction = 0.25  # share of the clean training split; HTBA paper: 5, 10 or 25 % (the largest here)
     # -- the student ----------------------------------------------------------------------------
     student: str = "fresh"  # "fresh": the suspect's architecture re-initialised (HTBA paper); "suspect": its copy
     # -- the loss -------------------------------------------------------------------------------
     loss: str = "compress"  # "compress": KL of similarity distributions over anchors (CompRess, HTBA's
     # choice); "cosine": 2 - 2 cos(student, teacher) per image, no anchors (cheaper)
-    temperature: float = 0.04  # CompRess --compress_t 0.04, one temperature for teacher and student
-    queue_size: int = 4096  # anchors in each memory bank; CompRess: 128,000 (ImageNet's 1.28M images)
-    key_momentum: float = 0.999  # the student's anchors come from its EMA copy; CompRess --alpha 0.999
+    temperature: Positive = 0.04  # CompRess --compress_t 0.04, one temperature for teacher and student
+    queue_size: Sized = 4096  # anchors in each memory bank; CompRess: 128,000 (ImageNet's 1.28M images)
+    key_momentum: Unit = 0.999  # the student's anchors come from its EMA copy; CompRess --alpha 0.999
     cache_teacher: bool = False  # the teacher's features of the un-augmented images, computed once
     # (CompRess --cache_teacher); False: the teacher sees the student's augmented view
     # -- optimisation (CompRess: SGD, momentum 0.9) ----------------------------------------------
-    epochs: int = 130  # CompRess: 130
-    batch_size: int = 256  # CompRess: 256
-    lr: float = 0.01  # CompRess: 0.01
-    momentum: float = 0.9  # CompRess: 0.9
-    weight_decay: float = 1e-4  # CompRess: 1e-4
+    epochs: Sized = 130  # CompRess: 130
+    batch_size: Sized = 256  # CompRess: 256
+    lr: Positive = 0.01  # CompRess: 0.01
+    momentum: Unit = 0.9  # CompRess: 0.9
+    weight_decay: NonNegative = 1e-4  # CompRess: 1e-4
     lr_drops: tuple[float, ...] = (90 / 130, 120 / 130)  # x0.2 at these shares of the epochs; CompRess: 90, 120
-    lr_drop_factor: float = 0.2  # CompRess: 0.2
+    lr_drop_factor: Positive = 0.2  # CompRess: 0.2
     # -- the views (CompRess: RandomResizedCrop + flip, nothing else) ----------------------------
     crop_scale: tuple[float, float] = (0.08, 1.0)  # torchvision's RandomResizedCrop default, as CompRess
 

@@ -18,6 +18,7 @@ from benchsuite.core.cache import keyed_fields, stable_hash
 from benchsuite.core.checkpoint import save_json, sweep_temp_files
 from benchsuite.core.console import note, set_log_file
 from benchsuite.engine.executors import ExecutorSpec, execute
+from benchsuite.engine.plugin_errors import naming_plugins
 from benchsuite.engine.provenance import collect
 from benchsuite.protocols.base import cell_slug
 from benchsuite.protocols.cell import defense_protocol, run_cell, threat_protocol
@@ -160,7 +161,8 @@ class GridRunner:
         return cells(self.config, lambda attack, targets: self.stages.attack(attack).cell_targets(targets, n))
 
     def run_cell(self, cell: Cell) -> list[dict[str, Any]]:
-        result = run_cell(self.stages, cell, self.run_dir, self.defenses)
+        with naming_plugins(self.registry, f"cell {cell.label}"):  # in the worker, where the traceback is
+            result = run_cell(self.stages, cell, self.run_dir, self.defenses)
         if result.curve is not None:
             self._cell_curves[cell] = result.curve
         self._cell_stages[cell] = result.stages

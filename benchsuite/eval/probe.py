@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 
 from benchsuite.core.cache import added_field
 from benchsuite.core.errors import BenchError
+from benchsuite.core.typed import Bounds, Fraction, NonNegative, Positive, Sized
 
 PROBE_SEEDS = (4787, 4788, 4789, 4790, 4791)  # PatchSearch's five linear-probe runs (spec 1.7)
 PROBE_KINDS = ("linear", "knn", "mlp", "lincls")
@@ -19,27 +21,27 @@ IMAGE_PROBES = ("lincls",)  # probes that train on augmented images through the 
 @dataclass(frozen=True)
 class ProbeConfig:
     kind: str = "linear"  # linear | knn | mlp (BadEncoder's downstream classifier) | lincls (PatchSearch's)
-    label_fraction: float = 0.01  # papers: 1 % of the training labels
+    label_fraction: Fraction = 0.01  # papers: 1 % of the training labels
     seeds: tuple[int, ...] = PROBE_SEEDS
-    epochs: int = 100  # on cached features; full-batch steps for small splits
-    lr: float = 0.01
-    weight_decay: float = 1e-4
-    knn_k: int = 200  # CTRL's kNN monitor: k = 200, t = 0.1, cosine, weighted votes
-    knn_temperature: float = 0.1
+    epochs: Sized = 100  # on cached features; full-batch steps for small splits
+    lr: Positive = 0.01
+    weight_decay: NonNegative = 1e-4
+    knn_k: Sized = 200  # CTRL's kNN monitor: k = 200, t = 0.1, cosine, weighted votes
+    knn_temperature: Positive = 0.1
     # kind = "mlp": BadEncoder's downstream classifier (spec 9.1): in-512-256-C, ReLU, dropout 0.5 after the
     # first layer, Adam 1e-4, batch 64, 500 epochs, on L2-normalised features
     mlp_hidden: tuple[int, ...] = added_field((512, 256))
-    mlp_dropout: float = added_field(0.5)
-    mlp_lr: float = added_field(1e-4)
-    mlp_batch_size: int = added_field(64)
-    mlp_epochs: int = added_field(500)
+    mlp_dropout: Annotated[float, Bounds(0, 1, high_open=True)] = added_field(0.5)
+    mlp_lr: Positive = added_field(1e-4)
+    mlp_batch_size: Sized = added_field(64)
+    mlp_epochs: Sized = added_field(500)
     # draw the labelled splits with the cell's seed as well as the probe seed, so that "± over seeds" also
     # covers the split's variance; False (default): every cell seed is probed on the same splits
     vary_with_seed: bool = added_field(False)
     # kind = "lincls": PatchSearch's main_lincls.py on augmented images through the frozen backbone (spec 1.7)
-    lincls_epochs: int = added_field(30)  # PS: 30
-    lincls_lr: float = added_field(0.1)  # PS: 0.1 x batch / 256, per-epoch half-cosine
-    lincls_batch_size: int = added_field(256)  # PS: 256
+    lincls_epochs: Sized = added_field(30)  # PS: 30
+    lincls_lr: Positive = added_field(0.1)  # PS: 0.1 x batch / 256, per-epoch half-cosine
+    lincls_batch_size: Sized = added_field(256)  # PS: 256
     lincls_crop_scale: tuple[float, float] = added_field((0.08, 1.0))  # PS: RandomResizedCrop's default
 
 

@@ -6,11 +6,12 @@ from torch import nn
 
 from benchsuite.api.hookspecs import hookimpl
 from benchsuite.core.errors import BenchError
+from benchsuite.core.typed import Sized
 from benchsuite.nets.backbones import RESNET_LAYERS, VIT_SIZES, small_resnet, timm_backbone, vit_patch_size
 
 
 def _resnet(depth: int):
-    def factory(image_size: int, width: int = 64, stem_stride: int = 1, stem: str = "cifar") -> nn.Module:
+    def factory(image_size: int, width: Sized = 64, stem_stride: Sized = 1, stem: str = "cifar") -> nn.Module:
         return small_resnet(image_size, depth, width, stem_stride, stem)
 
     factory.__doc__ = f"ResNet-{depth} (timm); options: width, stem (cifar|imagenet), stem_stride"
@@ -18,8 +19,8 @@ def _resnet(depth: int):
 
 
 def _vit(size: str):
-    def factory(image_size: int, width: int = VIT_SIZES[size], depth: int = 12, heads: int | None = None,
-                patch_size: int | None = None, **options) -> nn.Module:
+    def factory(image_size: int, width: Sized = VIT_SIZES[size], depth: Sized = 12, heads: Sized | None = None,
+                patch_size: Sized | None = None, **options) -> nn.Module:
         heads = heads or max(h for h in range(1, max(1, width // 64) + 1) if width % h == 0)
         if width % heads:
             raise BenchError(f"vit_{size}: width {width} is not divisible by heads {heads}: set "

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from benchsuite.core.errors import BenchError
+from benchsuite.core.typed import Count, NonNegative, Positive, Sized, Unit
 
 Compat = Literal["paper", "code"]
 COMPAT_MODES: tuple[Compat, ...] = ("paper", "code")
@@ -39,39 +40,39 @@ CLUSTER_SCORES = ("max", "sum", "total")
 
 @dataclass(frozen=True)
 class FilterDefenseConfig:
-    num_clusters: int = 0  # 0 = clusters_per_class x classes; paper l = 1000 on ImageNet-100
-    clusters_per_class: float = 5.0  # paper: 10 (1000 clusters / 100 classes)
-    kmeans_iters: int = 20  # PS code: niter = 20
+    num_clusters: Count = 0  # 0 = clusters_per_class x classes; paper l = 1000 on ImageNet-100
+    clusters_per_class: Positive = 5.0  # paper: 10 (1000 clusters / 100 classes)
+    kmeans_iters: Sized = 20  # PS code: niter = 20
     window: float | str = 60 / 224  # pixels if > 1, fraction of the side if <= 1, "auto" = RSD; paper w = 60 of 224
     rsd_windows: tuple[float, ...] = (0.125, 0.1875, 0.25, 0.3125, 0.4375)  # paper: log-uniform w in [10, 200] of 224
-    flip_set_size: int = 0  # 0 = one image per cluster; paper 1000 (= l)
-    samples_per_iteration: int = 2  # paper s = 2
-    prune_fraction: float = 0.25  # paper r = 25 %
+    flip_set_size: Count = 0  # 0 = one image per cluster; paper 1000 (= l)
+    samples_per_iteration: Sized = 2  # paper s = 2
+    prune_fraction: Unit = 0.25  # paper r = 25 %
     prune_at_least_one: bool = True  # paper: search until no cluster is left; PS code stops at <= 3 clusters
     cluster_score: str = "max"  # paper and PS code: max poison score of the cluster; "sum" (PoisonCAM), "total"
     flip_score: str = "into"  # PS code: flips into the candidate's cluster (new - orig); "any" = any change
     compat: str = "paper"  # "code" = the official PatchSearch code's behaviours (module docstring, 1-6)
     # not in the papers or code (0 = off; off in the paper presets and under compat = "code"): when the best
     # candidate flips less than this share of the flip set, remove nothing; results say when it fired
-    min_flip_fraction: float = 0.1
-    top_k: int = 20  # paper: top-20 poisons train the classifier
-    top_p: float = 0.10  # paper: drop the top 10 % scored images from the negatives
-    classifier_models: int = 3  # PS pipeline: 5 (code default 3)
-    classifier_width: int = 16  # PS: 64 (ResNet BasicBlock (1, 1, 1, 1), widths 64-512)
-    classifier_stem_stride: int = 1  # PS: ImageNet stem at 224 px; 1 = CIFAR stem at 32 px
-    classifier_batch_size: int = 64  # PS pipeline: 32 (code default 256)
-    classifier_lr: float = 0.01  # PS: 0.01, cosine over max iterations
-    classifier_momentum: float = 0.9  # PS: 0.9
-    classifier_weight_decay: float = 1e-4  # PS: 1e-4
-    classifier_iterations: int = 400  # PS pipeline: max 2000 iterations
-    classifier_eval_every: int = 20  # PS pipeline: 20
-    classifier_patience: int = 10  # paper: stop when F1 has not changed for 10 evaluations
-    paste_prob: float = 0.5  # PS: half the samples get a pasted patch
+    min_flip_fraction: Unit = 0.1
+    top_k: Sized = 20  # paper: top-20 poisons train the classifier
+    top_p: Unit = 0.10  # paper: drop the top 10 % scored images from the negatives
+    classifier_models: Sized = 3  # PS pipeline: 5 (code default 3)
+    classifier_width: Sized = 16  # PS: 64 (ResNet BasicBlock (1, 1, 1, 1), widths 64-512)
+    classifier_stem_stride: Sized = 1  # PS: ImageNet stem at 224 px; 1 = CIFAR stem at 32 px
+    classifier_batch_size: Sized = 64  # PS pipeline: 32 (code default 256)
+    classifier_lr: Positive = 0.01  # PS: 0.01, cosine over max iterations
+    classifier_momentum: Unit = 0.9  # PS: 0.9
+    classifier_weight_decay: NonNegative = 1e-4  # PS: 1e-4
+    classifier_iterations: Sized = 400  # PS pipeline: max 2000 iterations
+    classifier_eval_every: Sized = 20  # PS pipeline: 20
+    classifier_patience: Sized = 10  # paper: stop when F1 has not changed for 10 evaluations
+    paste_prob: Unit = 0.5  # PS: half the samples get a pasted patch
     patch_scale: tuple[float, float] = (20 / 224, 80 / 224)  # PS: pasted side U{20..79} px at 224
     patch_margin: float = 10 / 224  # PS: 10 px from the border at 224
     crop_scale: tuple[float, float] = (0.2, 1.0)  # PS: RandomResizedCrop(scale=(0.2, 1))
-    batch_size: int = 512  # encoder forwards per batch (throughput only)
-    pictures: int = 8  # attention maps drawn for the top images
+    batch_size: Sized = 512  # encoder forwards per batch (throughput only)
+    pictures: Count = 8  # attention maps drawn for the top images
 
     def __post_init__(self) -> None:
         own = type(self) is not FilterDefenseConfig

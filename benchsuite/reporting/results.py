@@ -34,6 +34,10 @@ TIMING_COLUMNS = [*COST_COLUMNS, "detect_s", "clean_detect_s", "mitigate_s"]
 REQUIRED = ["dataset", "attack", "target", "rate", "seed", "defense", "clean_acc", "clean_asr", "patched_acc",
             "patched_asr"]
 
+# what the tables average: a hand-edited or damaged cell there must not become NaN unnoticed
+NUMERIC = ["rate", "seed", "clean_acc", "clean_asr", "patched_acc", "patched_asr", "badencoder_asr", "control_asr",
+           "removed", "recall", "precision", "anomaly_index", "pl1", "detector_score"]
+
 REFERENCE_DEFENSE = "clean-model"  # rows of the encoder trained on the clean dataset (not a defense)
 
 
@@ -44,6 +48,18 @@ def save_results(run_dir: Path, rows: list[dict]) -> pd.DataFrame:
     if distributed.is_main():  # under torchrun rank 0 alone writes
         atomic_write(run_dir / RESULTS_FILE, lambda tmp: frame.to_csv(tmp, index=False))
     return frame
+
+
+def _check_numeric(frame: pd.DataFrame, path: Path) -> None:
+    """Refuse a metric column holding text (``ninety``) by column, row and value; empty cells stay NaN."""
+    for column in (c for c in NUMERIC if c in frame.columns):
+        values = frame[column]
+        parsed = pd.to_numeric(values, errors="coerce")
+        bad = values.notna() & parsed.isna() & (values.astype(str).str.strip().str.lower() != "nan")
+        if bad.any():
+            row = int(bad.idxmax())
+            raise BenchError(f"{path}: column {column} holds {values[row]!r} in row {row + 2} (a number or empty "
+                             "expected): fix the cell or rerun `bench run`")
 
 
 def load_results(run_dir: Path) -> pd.DataFrame:
@@ -60,5 +76,6 @@ def load_results(run_dir: Path) -> pd.DataFrame:
                          "pass a run directory or rerun `bench run`")
     if frame.empty:
         raise BenchError(f"{path} has no rows yet: let `bench run` finish a cell first")
+    _check_numeric(frame, path)
     # a file written before a column was added reads as that column empty
     return frame.reindex(columns=COLUMNS + [c for c in frame.columns if c not in COLUMNS])

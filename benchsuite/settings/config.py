@@ -54,6 +54,14 @@ class GridSpec:
         for name, example in examples.items():
             if not getattr(self, name):
                 raise BenchError(f"grid.{name} is empty: give at least one, e.g. {example}")
+        for name in ("attacks", "defenses", "targets", "seeds", "rates"):
+            values = getattr(self, name)
+            twice = sorted({v for v in values if values.count(v) > 1}, key=str)
+            if twice:
+                shown = ", ".join("+".join(map(str, v)) if isinstance(v, tuple) else f"{v:g}" if isinstance(v, float)
+                                  else str(v) for v in twice)
+                raise BenchError(f"grid.{name} names {shown} more than once (a cell would run twice into one "
+                                 f"table): list each once, e.g. {examples[name]}")
         if any(not cell for cell in self.targets):
             raise BenchError("grid.targets has an empty cell: give a class per cell, e.g. --targets 0,1")
         if any(not 0 < r <= 1 for r in self.rates):
@@ -164,6 +172,9 @@ def read_preset(name_or_path: str, _chain: tuple[str, ...] = (), _folder: Path |
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise BenchError(f"preset {name_or_path} is not valid TOML ({err}): fix the file") from err
+    if not data:
+        raise BenchError(f"preset {name_or_path} sets nothing (an empty file would run the built-in defaults "
+                         "unnoticed): add its settings, or start it with extends = \"smoke\"")
     data.setdefault("preset", name)
     base = data.pop("extends", None)
     if base is None:

@@ -16,28 +16,35 @@ from benchsuite.settings.config import RunConfig
 from benchsuite.settings.registry import Registry
 
 
-def check_loader_options(loader: Callable[..., Any], options: dict[str, Any], name: str) -> None:
-    """Refuse dataset options the loader does not take (a typo would be ignored) or of the wrong type.
+def check_call_options(fn: Callable[..., Any], options: dict[str, Any], owner: str, where: str) -> None:
+    """Refuse options that ``fn`` does not take (a typo would be ignored), of the wrong type, or outside the
+    range its annotation declares (``width: Sized``).
 
-    A loader with ``**kwargs`` takes anything and is not checked.
+    Keyword parameters are checked even when ``fn`` also takes ``**kwargs``; the rest of the options are then
+    ``fn``'s to judge.
     """
     try:
-        params = inspect.signature(loader).parameters
+        params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
-        return
-    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
     named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     known = [n for n, p in params.items() if p.kind in named]
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise BenchError(f"unknown option(s) {', '.join(unknown)} for dataset {name}: known are {', '.join(known)}")
+    if not any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise BenchError(f"unknown option(s) {', '.join(unknown)} for {owner}: known are {', '.join(known)}")
     try:
-        hints = typing.get_type_hints(loader)
+        hints = typing.get_type_hints(fn, include_extras=True)
     except (NameError, TypeError, AttributeError):
         hints = {}
     for key, value in options.items():
-        coerce(hints.get(key, Any), value, f"dataset.options.{key}")
+        if key in known:
+            coerce(hints.get(key, Any), value, f"{where}.{key}")
+
+
+def check_loader_options(loader: Callable[..., Any], options: dict[str, Any], name: str) -> None:
+    """Refuse dataset options the loader does not take or of the wrong type (``**kwargs``: not checked)."""
+    check_call_options(loader, options, f"dataset {name}", "dataset.options")
 
 
 def check_config(config: RunConfig, registry: Registry) -> None:
@@ -47,7 +54,10 @@ def check_config(config: RunConfig, registry: Registry) -> None:
     check_loader_options(loader, config.dataset.options, config.dataset.name)
     method = registry.get("ssl", config.ssl.method)
     backbone = config.ssl.backbone
-    if backbone not in registry.items["backbone"]:
+    if backbone in registry.items["backbone"]:
+        check_call_options(registry.get("backbone", backbone), config.ssl.backbone_options, f"backbone {backbone}",
+                           "ssl.backbone_options")
+    else:
         import timm
 
         if not timm.is_model(backbone):

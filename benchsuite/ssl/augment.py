@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from benchsuite.core.cache import added_field
 from benchsuite.core.errors import BenchError
+from benchsuite.core.typed import Unit
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 CROP_TRIES = 10  # torchvision's RandomResizedCrop.get_params: 10 boxes, then a centre crop
@@ -27,16 +28,16 @@ CROP_TRIES = 10  # torchvision's RandomResizedCrop.get_params: 10 boxes, then a 
 class AugmentConfig:
     crop_scale: tuple[float, float] = (0.2, 1.0)  # MoCo-v2 / SimCLR: RRC(scale=(0.2, 1))
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip_prob: float = 0.5
-    jitter_prob: float = 0.8
+    flip_prob: Unit = 0.5
+    jitter_prob: Unit = 0.8
     brightness: float = 0.4
     contrast: float = 0.4
     saturation: float = 0.4
     hue: float = 0.1
-    gray_prob: float = 0.2
-    blur_prob: float = 0.0  # 0.5 in MoCo-v2 aug+ at 224 px; usually off at 32 px
+    gray_prob: Unit = 0.2
+    blur_prob: Unit = 0.0  # 0.5 in MoCo-v2 aug+ at 224 px; usually off at 32 px
     blur_sigma: tuple[float, float] = (0.1, 2.0)
-    solarize_prob: float = added_field(0.0)  # MoCo-v3 / BYOL: 0.2 on the second view
+    solarize_prob: Unit = added_field(0.0)  # MoCo-v3 / BYOL: 0.2 on the second view
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     # the crop algorithm, a keyed field: encoders cached with the earlier crop (sides clipped to the

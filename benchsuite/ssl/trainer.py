@@ -15,6 +15,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from benchsuite.core.cache import added_field
 from benchsuite.core.checkpoint import atomic_write, load_tensors, save_tensors
 from benchsuite.core.console import progress_bar
 from benchsuite.core.errors import BenchError
+from benchsuite.core.typed import Count, NonNegative, Positive, Sized, Unit, at_least
 from benchsuite.ssl.augment import AugmentConfig, augment, to_float
 from benchsuite.ssl.base import SSLMethod
 
@@ -32,22 +34,22 @@ OPTIMIZERS = ("sgd", "adamw", "adam")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 200
-    batch_size: int = 256  # the global batch, over all ranks and accumulation steps
-    lr: float = 0.06  # MoCo-v2 R18 recipe: 0.06 at batch 256 (scaled by batch/256)
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
+    epochs: Count = 200
+    batch_size: Annotated[int, at_least(2)] = 256  # the global batch, over all ranks and accumulation steps
+    lr: Positive = 0.06  # MoCo-v2 R18 recipe: 0.06 at batch 256 (scaled by batch/256)
+    weight_decay: NonNegative = 5e-4
+    momentum: Unit = 0.9
     optimizer: str = "sgd"  # sgd | adamw | adam
-    warmup_epochs: int = 0
-    checkpoint_every: int = 1  # epochs between resumable checkpoints
+    warmup_epochs: Count = 0
+    checkpoint_every: Sized = 1  # epochs between resumable checkpoints
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # micro-batches per optimiser step (a batch that does not fit in memory)
-    accumulate_steps: int = added_field(1)
+    accumulate_steps: Sized = added_field(1)
     # the second view's augmentation when the recipe is asymmetric (MoCo-v3, BYOL); None: as the first
     augment2: AugmentConfig | None = added_field(None)
     # a step schedule instead of the cosine: lr x lr_drop_factor at each of these epochs (BYOL R18)
     lr_drop_epochs: tuple[int, ...] = added_field(())
-    lr_drop_factor: float = added_field(0.2)
+    lr_drop_factor: Positive = added_field(0.2)
     # epochs after which the backbone is kept (snapshot-eNNN.safetensors; the last epoch's is the final
     # encoder) and probed: a learning curve of this one run
     snapshots: tuple[int, ...] = added_field(())

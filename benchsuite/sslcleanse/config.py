@@ -9,37 +9,38 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from benchsuite.core.errors import BenchError
+from benchsuite.core.typed import Count, Fraction, NonNegative, Positive, Sized, Unit
 
 
 @dataclass(frozen=True)
 class SSLCleanseConfig:
     # -- data --------------------------------------------------------------------------------
-    ratio: float = 0.01  # code README: --ratio 0.01 of the defender's images (sampled with replacement there)
+    ratio: Fraction = 0.01  # code README: --ratio 0.01 of the defender's images (sampled with replacement there)
 
     # -- K by SWK ----------------------------------------------------------------------------
     clusters: int | None = None  # fix K and skip SWK (code README: 12 for ImageNet-100)
     # at least 3: with two clusters the MAD anomaly index is always 1 / 1.4826 = 0.674 (never flagged)
-    k_min: int = 3  # paper (slides' CIFAR-10 curve, K in 2..28): 2; ImageNet-100: 10..200
-    k_max: int = 30
-    k_step: int = 1  # slides: 2 (CIFAR-10), 10 (ImageNet-100)
-    swk_window: int = 3  # K values averaged per point of the smoothed curve [GAP: not released]
-    kmeans_iters: int = 20  # faiss k-means iterations (code: sklearn KMeans, random_state=0)
-    kmeans_restarts: int = 30  # the lowest-inertia of this many seeds; code: n_init=30
+    k_min: Sized = 3  # paper (slides' CIFAR-10 curve, K in 2..28): 2; ImageNet-100: 10..200
+    k_max: Sized = 30
+    k_step: Sized = 1  # slides: 2 (CIFAR-10), 10 (ImageNet-100)
+    swk_window: Sized = 3  # K values averaged per point of the smoothed curve [GAP: not released]
+    kmeans_iters: Sized = 20  # faiss k-means iterations (code: sklearn KMeans, random_state=0)
+    kmeans_restarts: Sized = 30  # the lowest-inertia of this many seeds; code: n_init=30
 
     # -- trigger reverse-engineering (per cluster, all clusters in one batch) ------------------
-    epochs: int = 200  # code cfg.py: 200 (README ImageNet: 1000)
-    batch_size: int = 32  # per cluster; code README: 32 (cfg.py: 512)
-    lr: float = 0.1  # code: Adam(lr 0.1, betas (0.5, 0.9))
+    epochs: Sized = 200  # code cfg.py: 200 (README ImageNet: 1000)
+    batch_size: Sized = 32  # per cluster; code README: 32 (cfg.py: 512)
+    lr: Positive = 0.1  # code: Adam(lr 0.1, betas (0.5, 0.9))
     inversion_images: int | None = None  # images per cluster; None = N - largest cluster (code)
-    init_cost: float = 0.1  # lambda_0; code README: 0.1 (cfg.py: 1e-4)
-    asr_threshold: float = 0.99  # code README: 0.99 (cfg.py: 0.98)
-    patience: int = 5  # code cfg.py: 5 (Neural-Cleanse schedule)
-    cost_multiplier: float = 1.5  # code cfg.py: x1.5 up, /1.5 down
-    knn_sample_num: int = 1000  # triggered images per cluster for the 1-NN ASR; code README: 1000
+    init_cost: NonNegative = 0.1  # lambda_0; code README: 0.1 (cfg.py: 1e-4)
+    asr_threshold: Unit = 0.99  # code README: 0.99 (cfg.py: 0.98)
+    patience: Sized = 5  # code cfg.py: 5 (Neural-Cleanse schedule)
+    cost_multiplier: Positive = 1.5  # code cfg.py: x1.5 up, /1.5 down
+    knn_sample_num: Sized = 1000  # triggered images per cluster for the 1-NN ASR; code README: 1000
     target_center: bool = False  # code --target_center: pull towards the centroid, not a random member
     knn_center: bool = False  # code --knn_center: 1-NN against centroids instead of every representation
     mask_penalty: str = "mask"  # "mask": L1 of m (slides, SC decree.py); "mask_pattern": mean(m*delta) (code)
-    clusters_per_pass: int = 0  # clusters in one forward pass; 0 = all (lower it when memory is short)
+    clusters_per_pass: Count = 0  # clusters in one forward pass; 0 = all (lower it when memory is short)
 
     # -- outlier test ------------------------------------------------------------------------
     mad_consistency: float = 1.4826  # c in the slides' anomaly index
@@ -48,16 +49,16 @@ class SSLCleanseConfig:
 
     # -- mitigator ---------------------------------------------------------------------------
     mitigate_when: str = "trojaned"  # "trojaned" (slides' pipeline), "always" (argmin trigger) or "never"
-    mitigate_ratio: float = 0.05  # share of the defender's images [GAP: code reads its own train list]
-    mitigate_epochs: int = 500  # code (CIFAR README): 500
-    mitigate_batch_size: int = 256  # code (CIFAR README): 1536
-    mitigate_lr: float = 3e-3  # code README: Adam lr 3e-3
-    mitigate_weight_decay: float = 1e-6  # code: 1e-6
-    mitigate_warmup_steps: int = 500  # code: 500 warm-up iterations
+    mitigate_ratio: Fraction = 0.05  # share of the defender's images [GAP: code reads its own train list]
+    mitigate_epochs: Sized = 500  # code (CIFAR README): 500
+    mitigate_batch_size: Sized = 256  # code (CIFAR README): 1536
+    mitigate_lr: Positive = 3e-3  # code README: Adam lr 3e-3
+    mitigate_weight_decay: NonNegative = 1e-6  # code: 1e-6
+    mitigate_warmup_steps: Count = 500  # code: 500 warm-up iterations
     mitigate_lr_drops: tuple[float, ...] = (0.9, 0.95)  # code: x0.2 50 and 25 epochs before the end of 500
-    trigger_fraction: float = 0.5  # slides: the trigger on half of the second views
+    trigger_fraction: Unit = 0.5  # slides: the trigger on half of the second views
     crop_scale: tuple[float, float] = (0.2, 1.0)  # the views' RandomResizedCrop scale (BYOL recipe)
-    jitter_prob: float = 0.8  # the views' colour-jitter probability (BYOL recipe)
+    jitter_prob: Unit = 0.8  # the views' colour-jitter probability (BYOL recipe)
 
     def __post_init__(self) -> None:
         validate(self)  # refused when the config is read, before any stage runs
