@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import mkdocs_hooks
@@ -47,3 +50,19 @@ def test_ci_installs_chromium_and_never_skips_the_browser_test():
     assert "apt-get install" in ci and "chromium" in ci and "BENCH_REQUIRE_BROWSER=1" in ci
     assert ci.strip().endswith("make test")
     assert "mkdocs build --strict" in (REPO / "Makefile").read_text()
+
+
+def test_the_site_builds_strictly_with_its_generated_pages(tmp_path):
+    """`mkdocs build --strict` (a broken link or reference fails), the CLI reference and the leaderboard page
+    generated into it, the leaderboard not shadowed by a Markdown page of the same URL."""
+    site = tmp_path / "site"
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    mkdocs = Path(sys.executable).parent / "mkdocs"
+    proc = subprocess.run([str(mkdocs), "build", "--strict", "--quiet", "-d", str(site)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "<title>benchsuite leaderboard</title>" in (site / "leaderboard" / "index.html").read_text()
+    assert 'id="bench-leaderboard"' in (site / "cli" / "index.html").read_text()
+    api = (site / "api" / "index.html").read_text()
+    assert "benchsuite_defenses" in api and "write_leaderboard" in api
+    assert (site / "curves" / "cifar10-htba-small-cpu-50ep.png").is_file()
