@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -54,6 +55,14 @@ def on_pre_build(config) -> None:
     if not target.is_file() or target.read_text() != text:  # rewriting an unchanged page would loop `mkdocs serve`
         target.write_text(text)
     write_leaderboard(ROOT / "leaderboards", docs / "leaderboard")
+
+
+# docstrings name objects in Sphinx roles (:class:`x`), which mkdocstrings leaves as text before the code
+_SPHINX_ROLE = re.compile(r":(?:class|func|meth|attr|mod|data|obj):(?=<code>)")
+
+
+def on_page_content(html: str, **_) -> str:
+    return _SPHINX_ROLE.sub("", html)
 
 
 def front_page_picture(path: Path) -> Path:

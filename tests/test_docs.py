@@ -65,4 +65,5 @@ def test_the_site_builds_strictly_with_its_generated_pages(tmp_path):
     assert 'id="bench-leaderboard"' in (site / "cli" / "index.html").read_text()
     api = (site / "api" / "index.html").read_text()
     assert "benchsuite_defenses" in api and "write_leaderboard" in api
+    assert ":class:" not in api  # Sphinx roles of the docstrings are not left as text
     assert (site / "curves" / "cifar10-htba-small-cpu-50ep.png").is_file()
