@@ -48,6 +48,20 @@ def test_a_table_keeps_only_the_columns_its_metric_set_fills(tmp_path):
     assert "<script" in page and "http" not in page.split("<script>")[1]  # inline, nothing fetched
 
 
+def test_class_indices_are_shown_as_values_not_averaged(tmp_path):
+    lb = _published(tmp_path, [0, 1])
+    path = lb / "synthetic__htba.csv"
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    verdict = frame[frame.metric_set == "probe"].head(2).copy()
+    verdict["metric_set"], verdict["defense"], verdict["flagged_label"] = "encoder_verdict", "sslcleanse", ["3", "5"]
+    verdict["trojaned"], verdict["seed"] = ["True", "False"], ["0", "1"]
+    pd.concat([frame, verdict]).to_csv(path, index=False)
+    rows = read_leaderboards(lb)
+    table = summarise(rows[rows.metric_set == "encoder_verdict"], "encoder_verdict")
+    assert table.loc[0, "flagged_label"] == "3 / 5"  # classes, not a mean of 4
+    assert table.loc[0, "trojaned"] == "0.5 ± 0.7 (n=2)"  # the share of seeds judged trojaned
+
+
 def test_older_protocol_rows_are_shown_apart(tmp_path):
     lb = _published(tmp_path, [0])
     path = lb / "synthetic__htba.csv"
@@ -79,14 +93,16 @@ def test_bench_leaderboard_writes_the_page_and_tidy_csvs(tmp_path):
     ("missing", "not found: pass --leaderboards"),
     ("empty", "holds no <dataset>__<attack>.csv: publish a run first"),
     ("text", "line 2: recall = 'lots' is not a number: correct or delete that row"),
+    ("confusion", "line 2: patched_confusion = '[1, 2' is not a JSON list of numbers: correct or delete that row"),
 ])
 def test_bad_leaderboards_are_one_error_line(tmp_path, capsys, case, message):
     lb = tmp_path / "lb"
     if case == "empty":
         lb.mkdir()
-    if case == "text":
+    if case in ("text", "confusion"):
+        bad = {"recall": "lots"} if case == "text" else {"patched_confusion": "[1, 2"}
         pd.DataFrame([{**dict.fromkeys(COLUMNS, ""), "dataset": "synthetic", "attack": "htba", "seed": "0",
-                       "defense": "poisoncam", "metric_set": "detection", "recall": "lots",
+                       "defense": "poisoncam", "metric_set": "detection" if case == "text" else "probe", **bad,
                        "suite_version": "0.1.0"}]).to_csv(tmp_path / "x.csv", index=False)
         lb.mkdir()
         (tmp_path / "x.csv").rename(lb / "synthetic__htba.csv")

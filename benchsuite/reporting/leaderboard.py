@@ -20,7 +20,9 @@ from benchsuite.core.errors import BenchError
 from benchsuite.reporting.publish import IDENTITY, METRIC_SETS, PROVENANCE, unescape_cell
 
 TIDY_FOLDER = "by_metric_set"
-TEXT_METRICS = {"probe", "cost_device", "attack_warnings", "downstream", "patched_confusion"}
+# shown as their distinct values, not averaged: text, and class or cluster indices
+TEXT_METRICS = {"probe", "cost_device", "attack_warnings", "downstream", "patched_confusion", "flagged",
+                "flagged_label", "clean_flagged_label"}
 BOOLEAN_METRICS = {"trojaned", "clean_trojaned", "flagged_is_target", "clean_flagged_is_target", "trigger_found",
                    "inversion_valid", "clean_inversion_valid"}
 # what a row of the page stands for: the seeds of one recipe's cell, defense and target are averaged
@@ -107,13 +109,29 @@ def _format(mean: float, std: float, n: int, seeds: int) -> str:
     return f"{mean:.1f}{spread} ({count})" if abs(mean) < 1e5 else f"{mean:.4g}{spread} ({count})"
 
 
-def _text_value(values: pd.Series, column: str) -> str:
-    kept = [v for v in values if v not in ("", "nan")]
-    if column == "patched_confusion" and kept:
-        lists = [json.loads(v) for v in kept]
-        if len({len(v) for v in lists}) == 1:
-            return "[" + ", ".join(f"{x:.0f}" for x in np.mean(np.array(lists, dtype=float), axis=0)) + "]"
-    return " / ".join(dict.fromkeys(kept))
+def _confusion(rows: pd.DataFrame) -> list[list[float] | None]:
+    """``patched_confusion`` cells as lists of numbers (None where empty); a malformed cell is refused."""
+    lists = []
+    for index, cell in rows["patched_confusion"].items():
+        if cell in ("", "nan"):
+            lists.append(None)
+            continue
+        try:
+            values = [float(x) for x in json.loads(cell)]
+        except (json.JSONDecodeError, TypeError, ValueError):
+            raise BenchError(f"{rows.at[index, 'source']} line {rows.at[index, 'line']}: patched_confusion = "
+                             f"{cell!r} is not a JSON list of numbers: correct or delete that row, then run "
+                             "`bench leaderboard` again") from None
+        lists.append(values)
+    return lists
+
+
+def _text_value(group: pd.DataFrame, column: str) -> str:
+    if column == "patched_confusion":
+        lists = [v for v in _confusion(group) if v is not None]
+        if lists and len({len(v) for v in lists}) == 1:  # the mean share per class, over the seeds
+            return "[" + ", ".join(f"{x:.0f}" for x in np.mean(np.array(lists), axis=0)) + "]"
+    return " / ".join(dict.fromkeys(v for v in group[column] if v not in ("", "nan")))
 
 
 def summarise(rows: pd.DataFrame, metric_set: str) -> pd.DataFrame:
@@ -121,6 +139,8 @@ def summarise(rows: pd.DataFrame, metric_set: str) -> pd.DataFrame:
     the seeds, with the numeric mean in ``<column>__value`` for sorting; all-empty metrics dropped."""
     metrics = [m for m in METRIC_SETS[metric_set] if m in rows.columns]
     parsed = {m: numeric(rows, m) for m in metrics if m not in TEXT_METRICS}
+    if "patched_confusion" in rows:
+        _confusion(rows)  # refuse a malformed cell before anything is written
     key = [c for c in ROW_KEY if c in rows.columns]
     out = []
     for _, group in rows.groupby(key, sort=False, dropna=False):
@@ -132,7 +152,7 @@ def summarise(rows: pd.DataFrame, metric_set: str) -> pd.DataFrame:
                 mean, std, n = mean_std(parsed[m].loc[group.index])
                 record[m], record[f"{m}__value"] = _format(mean, std, n, seeds), mean
             else:
-                record[m] = _text_value(group[m], m)
+                record[m] = _text_value(group, m)
         record["provenance"] = {c: " / ".join(dict.fromkeys(group[c])) for c in SHOWN_PROVENANCE if c in group}
         out.append(record)
     frame = pd.DataFrame(out)
