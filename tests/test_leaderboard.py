@@ -91,6 +91,7 @@ def test_bench_leaderboard_writes_the_page_and_tidy_csvs(tmp_path):
 
 @pytest.mark.parametrize("case, message", [
     ("missing", "not found: pass --leaderboards"),
+    ("file", "is a file: pass --leaderboards DIR"),
     ("empty", "holds no <dataset>__<attack>.csv: publish a run first"),
     ("text", "line 2: recall = 'lots' is not a number: correct or delete that row"),
     ("confusion", "line 2: patched_confusion = '[1, 2' is not a JSON list of numbers: correct or delete that row"),
@@ -99,6 +100,8 @@ def test_bad_leaderboards_are_one_error_line(tmp_path, capsys, case, message):
     lb = tmp_path / "lb"
     if case == "empty":
         lb.mkdir()
+    if case == "file":
+        lb.write_text("not a folder")
     if case in ("text", "confusion"):
         bad = {"recall": "lots"} if case == "text" else {"patched_confusion": "[1, 2"}
         pd.DataFrame([{**dict.fromkeys(COLUMNS, ""), "dataset": "synthetic", "attack": "htba", "seed": "0",
@@ -110,6 +113,15 @@ def test_bad_leaderboards_are_one_error_line(tmp_path, capsys, case, message):
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and err.startswith("error:")
     assert not (tmp_path / "site").exists()
+
+
+def test_an_output_that_cannot_be_written_is_one_error_line(tmp_path, capsys):
+    lb = _published(tmp_path, [0])
+    (tmp_path / "site").write_text("a file")
+    assert main(["leaderboard", "--leaderboards", str(lb), "--output", str(tmp_path / "site")]) == 2
+    assert "is a file: pass a folder" in capsys.readouterr().err
+    assert main(["leaderboard", "--leaderboards", str(lb), "--output", str(tmp_path / "site" / "sub")]) == 2
+    assert "cannot create --output" in capsys.readouterr().err
 
 
 def test_committed_tidy_csvs_match_the_leaderboards():

@@ -42,6 +42,9 @@ def read_leaderboards(folder: Path) -> pd.DataFrame:
     """Every ``<dataset>__<attack>.csv`` of ``folder`` as text cells, with ``source`` (the file) and
     ``missing_columns`` (the columns of the row's metric set its file lacks: written before they existed)."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise BenchError(f"leaderboard folder {folder} is a file: pass --leaderboards DIR, the folder of the "
+                         "<dataset>__<attack>.csv files")
     if not folder.is_dir():
         raise BenchError(f"leaderboard folder {folder} not found: pass --leaderboards DIR, the folder "
                          "`bench publish` writes (default ./leaderboards)")
@@ -304,7 +307,10 @@ def write_leaderboard(leaderboards: Path, output: Path) -> Path:
     if output.is_file():
         raise BenchError(f"--output {output} is a file: pass a folder (the page is written as index.html in it)")
     page = page_html(read_leaderboards(leaderboards))
-    output.mkdir(parents=True, exist_ok=True)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BenchError(f"cannot create --output {output} ({err.strerror}): pass a writable folder") from err
     path = output / "index.html"
     atomic_write(path, lambda tmp: tmp.write_text(page))
     return path
