@@ -7,6 +7,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
+import inspect
 import re
 from pathlib import Path
 
@@ -55,6 +58,59 @@ def on_pre_build(config) -> None:
     if not target.is_file() or target.read_text() != text:  # rewriting an unchanged page would loop `mkdocs serve`
         target.write_text(text)
     write_leaderboard(ROOT / "leaderboards", docs / "leaderboard")
+
+
+def _field_comment(cls: type, name: str) -> str:
+    """The comments beside and directly above a dataclass field, from the nearest class that declares it."""
+    for klass in cls.__mro__:
+        if name not in klass.__dict__.get("__annotations__", {}):
+            continue
+        lines = inspect.getsource(klass).splitlines()
+        for i, line in enumerate(lines):
+            if re.match(rf"\s+{name}\s*:", line):
+                above = []
+                for previous in reversed(lines[:i]):
+                    text = previous.strip()
+                    if not text.startswith("#") or text.startswith("# --"):  # "# -- section --" dividers
+                        break
+                    above.insert(0, text.lstrip("# "))
+                beside = line.split("  # ", 1)[1] if "  # " in line else ""
+                return " ".join([*above, beside]).strip()
+    return ""
+
+
+def _value(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_value(v) for v in value) + ")"
+    return repr(value)
+
+
+def options_markdown(cls: type) -> str:
+    """A method's options table: each field of its config dataclass, its default and the source's comment
+    (where the paper's or the official code's value is named)."""
+    rows = ["| option | default | paper / code, and notes |", "|---|---|---|"]
+    for field in dataclasses.fields(cls):
+        if field.default is not dataclasses.MISSING:
+            default = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
+        else:
+            default = "(required)"
+        rows.append(f"| `{field.name}` | `{_value(default)}` | {_cell(_field_comment(cls, field.name))} |")
+    return "\n".join(rows)
+
+
+# a page asks for a generated options table with <!-- options: module:ConfigClass -->
+_OPTIONS = re.compile(r"^<!-- options: (?P<module>[\w.]+):(?P<name>\w+) -->$", re.MULTILINE)
+
+
+def on_page_markdown(markdown: str, **_) -> str:
+    def table(match: re.Match) -> str:
+        return options_markdown(getattr(importlib.import_module(match["module"]), match["name"]))
+
+    return _OPTIONS.sub(table, markdown)
 
 
 # docstrings name objects in Sphinx roles (:class:`x`), which mkdocstrings leaves as text before the code

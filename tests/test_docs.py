@@ -27,6 +27,17 @@ def test_cli_reference_names_every_command_and_option():
     assert "(default: `smoke`)" in text and "`--leaderboards`" in text
 
 
+def test_options_tables_hold_each_default_and_the_papers_value():
+    from benchsuite.defenses.patchsearch import PatchSearchConfig
+
+    table = mkdocs_hooks.options_markdown(PatchSearchConfig)
+    assert "| `cam_layer` | `'auto'` | Grad-CAM layer:" in table  # the comment above the field
+    assert "| `num_clusters` | `0` | 0 = clusters_per_class x classes; paper l = 1000 on ImageNet-100 |" in table
+    assert "| `cluster_score` | `'max'` | paper and PS code" in table  # the subclass's own line wins
+    page = "intro\n<!-- options: benchsuite.defenses.patchsearch:PatchSearchConfig -->\nend"
+    assert mkdocs_hooks.on_page_markdown(page) == f"intro\n{table}\nend"
+
+
 def test_readme_is_a_front_page_whose_links_resolve():
     readme = (REPO / "README.md").read_text()
     assert len(readme.splitlines()) <= 200
@@ -67,3 +78,6 @@ def test_the_site_builds_strictly_with_its_generated_pages(tmp_path):
     assert "benchsuite_defenses" in api and "write_leaderboard" in api
     assert ":class:" not in api  # Sphinx roles of the docstrings are not left as text
     assert (site / "curves" / "cifar10-htba-small-cpu-50ep.png").is_file()
+    assert "<code>cam_layer</code>" in (site / "methods" / "patchsearch" / "index.html").read_text()
+    for page in site.rglob("*.html"):  # every options table was generated
+        assert "options: benchsuite" not in page.read_text(), page
