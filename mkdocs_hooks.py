@@ -48,16 +48,20 @@ def cli_markdown(parser: argparse.ArgumentParser) -> str:
     return "\n".join(lines)
 
 
+def _write_if_changed(path: Path, text: str) -> None:
+    # `mkdocs serve` rebuilds when a file under docs/ changes: rewriting an unchanged page would loop
+    if not path.is_file() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
 def on_pre_build(config) -> None:
     from benchsuite.cli import parser
-    from benchsuite.reporting.leaderboard import write_leaderboard
+    from benchsuite.reporting.leaderboard import page_html, read_leaderboards
 
     docs = Path(config["docs_dir"])
-    target = docs / "cli.md"
-    text = cli_markdown(parser())
-    if not target.is_file() or target.read_text() != text:  # rewriting an unchanged page would loop `mkdocs serve`
-        target.write_text(text)
-    write_leaderboard(ROOT / "leaderboards", docs / "leaderboard")
+    _write_if_changed(docs / "cli.md", cli_markdown(parser()))
+    _write_if_changed(docs / "leaderboard" / "index.html", page_html(read_leaderboards(ROOT / "leaderboards")))
 
 
 def _field_comment(cls: type, name: str) -> str:
