@@ -81,3 +81,11 @@ def test_the_site_builds_strictly_with_its_generated_pages(tmp_path):
     assert "<code>cam_layer</code>" in (site / "methods" / "patchsearch" / "index.html").read_text()
     for page in site.rglob("*.html"):  # every options table was generated
         assert "options: benchsuite" not in page.read_text(), page
+
+
+def test_the_presets_page_lists_every_preset():
+    from benchsuite.settings.config import PRESETS
+
+    rows = [line for line in (REPO / "docs" / "presets.md").read_text().splitlines() if line.startswith("| `")]
+    listed = {name for row in rows for name in re.findall(r"`([\w-]+)`", row.split(" | ")[0])}
+    assert set(PRESETS) <= listed, set(PRESETS) - listed
