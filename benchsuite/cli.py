@@ -146,6 +146,13 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", type=Path)
     report.add_argument("--output", type=Path, help="HTML file (default: RUN_DIR/report.html)")
 
+    board = sub.add_parser("leaderboard", help="render the leaderboard CSVs as a static HTML page (and one CSV per "
+                           "metric set)")
+    board.add_argument("--leaderboards", type=Path, default=Path("leaderboards"),
+                       help="leaderboard folder (default: ./leaderboards)")
+    board.add_argument("--output", type=Path, default=Path("docs/leaderboard"),
+                       help="folder of the page, written as index.html (default: docs/leaderboard)")
+
     sub.add_parser("list", help="list every registered attack, defense, dataset, SSL method and backbone")
 
     scan = sub.add_parser("scan", help="is this encoder backdoored? encoder-level detectors (and repairers) on a "
@@ -333,6 +340,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from benchsuite.reporting.leaderboard import TIDY_FOLDER, read_leaderboards, write_leaderboard, write_tidy
+
+    page = write_leaderboard(args.leaderboards, args.output)
+    tidy = write_tidy(read_leaderboards(args.leaderboards), args.leaderboards / TIDY_FOLDER)
+    console.log(f"leaderboard: {page}; {len(tidy)} CSV(s), one per metric set, in {args.leaderboards / TIDY_FOLDER}")
+    return 0
+
+
 def cmd_scan(args: argparse.Namespace) -> int:
     from benchsuite.engine.scan import scan
 
@@ -412,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # --help, --version, or a mistyped argument (already one error line)
         return exit_.code if isinstance(exit_.code, int) else 2
     handlers = {"run": cmd_run, "table": cmd_table, "list": cmd_list, "publish": cmd_publish, "report": cmd_report,
-                "doctor": cmd_doctor, "scan": cmd_scan}
+                "doctor": cmd_doctor, "scan": cmd_scan, "leaderboard": cmd_leaderboard}
     try:
         return handlers[args.command](args)
     except BenchError as err:

@@ -1,4 +1,5 @@
-"""``bench report``: one self-contained HTML page per run (the attacks, tables, then the figures, images inlined)."""
+"""``bench report``: one self-contained HTML page per run (the attacks first, then the run's provenance, the tables
+and the figures, images inlined)."""
 
 from __future__ import annotations
 
@@ -179,8 +180,9 @@ def _meta(run_dir: Path) -> str:
 
 
 def write_report(run_dir: Path, output: Path | None = None) -> Path:
-    """Write ``RUN_DIR/report.html`` (or ``output``): each cell's attack pictures, the ASR summary, every
-    table layout with rows and each cell's defense pictures, all inlined so the page can be mailed or attached."""
+    """Write ``RUN_DIR/report.html`` (or ``output``): each cell's attack pictures, the provenance, the ASR
+    summary, every table layout with rows and each cell's defense pictures, all inlined so the page can be mailed
+    or attached."""
     run_dir = Path(run_dir)
     results = load_results(run_dir)
     output = Path(output) if output else run_dir / "report.html"
@@ -192,9 +194,10 @@ def write_report(run_dir: Path, output: Path | None = None) -> Path:
 <html><head><meta charset="utf-8"><title>benchsuite report: {html.escape(run_dir.name)}</title>
 <style>{STYLE}</style></head><body>
 <h1>benchsuite report: {html.escape(run_dir.name)}</h1>
-{_meta(run_dir)}
 <h2>Attacks</h2>
 {_attacks(run_dir)}
+<h2>Run</h2>
+{_meta(run_dir)}
 <h2>Attack success at a glance</h2>
 {f"<figure>{_img(summary)}<figcaption>mean over cells; error bars: sample std over seeds</figcaption></figure>"
  if summary else ""}
