@@ -36,7 +36,7 @@ REQUIRED = ["dataset", "attack", "target", "rate", "seed", "defense", "clean_acc
 
 # what the tables average: a hand-edited or damaged cell there must not become NaN unnoticed
 NUMERIC = ["rate", "seed", "clean_acc", "clean_asr", "patched_acc", "patched_asr", "badencoder_asr", "control_asr",
-           "removed", "recall", "precision", "anomaly_index", "pl1", "detector_score"]
+           "removed", "recall", "precision", "anomaly_index", "pl1"]
 
 REFERENCE_DEFENSE = "clean-model"  # rows of the encoder trained on the clean dataset (not a defense)
 
