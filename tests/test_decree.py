@@ -155,12 +155,13 @@ def test_bad_options_are_one_line_errors():
                          ({"threshold": 0.0}, "defense.decree.threshold"),
                          ({"shadow_images": 1}, "defense.decree.shadow_images >= 2"),
                          ({"batch_size": 1}, "defense.decree.batch_size >= 2"),
-                         ({"max_epochs": 0}, "defense.decree.max_epochs >= 1"),
                          ({"tau": 1.0}, "defense.decree.tau"), ({"lambda_factor": 1.0}, "lambda_factor > 1"),
                          ({"lr_epochs": [50, 30]}, "defense.decree.lr_epochs")]:
         with pytest.raises(BenchError, match=fix) as err:
             config_from_options(DecreeConfig, options, "defense decree")
         assert "\n" not in str(err.value) and str(err.value).startswith("decree: ")
+    with pytest.raises(BenchError, match="defense decree.max_epochs = 0 must be >= 1"):  # its declared range
+        config_from_options(DecreeConfig, {"max_epochs": 0}, "defense decree")
     with pytest.raises(BenchError, match="unknown option"):
         config_from_options(DecreeConfig, {"shadow": 10}, "defense decree")
     one = colour_data(per_class=1, num_classes=1)

@@ -141,7 +141,7 @@ def test_the_wrapper_trains_the_wrapped_backbone_and_refuses_methods_without_a_m
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"alpha": 0.0}, "defense icutmix: alpha = 0.0 must be > 0"),
+    ({"alpha": 0.0}, "defense icutmix.alpha = 0.0 must be > 0"),
     ({"paste": "grey"}, "paste = 'grey' is unknown: set defense.icutmix.paste to one of image, black, noise"),
 ])
 def test_bad_icutmix_config(options, message):
